@@ -1,0 +1,43 @@
+# Two commands on a fresh machine: `make run` (serve the shipped models) and `make test`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: setup run test lint models bench clean
+
+$(BIN)/activate:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# The serving install (no torch) plus what training, export and the tests need.
+$(VENV)/.installed: pyproject.toml | $(BIN)/activate
+	$(BIN)/pip install -q -e '.[train,dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+run: $(VENV)/.installed
+	LSTM_SERVE_HOST=$(HOST) LSTM_SERVE_PORT=$(PORT) $(BIN)/lstm-serve serve
+
+test: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# Reproduce the shipped models from the repo's own data (CPU; see docs/ for times).
+models: $(VENV)/.installed
+	$(BIN)/lstm-serve train sentiment --out runs/sentiment
+	$(BIN)/lstm-serve export sentiment runs/sentiment
+	$(BIN)/lstm-serve train translation --out runs/translation
+	$(BIN)/lstm-serve export translation runs/translation
+
+bench: $(VENV)/.installed
+	$(BIN)/lstm-serve bench
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Pieces every training recipe shares: seeding, run folders, curves and reports."""
