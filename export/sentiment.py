@@ -1,0 +1,238 @@
+"""``lstm-serve export sentiment RUN_DIR``: a trained run -> ``model_repository/sentiment/<version>/``.
+
+Writes ``model.onnx`` (inputs ``input_ids`` INT64 [batch, time] and ``lengths`` INT64 [batch], output
+``probabilities`` FP32 [batch, 2], softmax inside), the run's ``tokenizer.json`` and ``model.json``.
+Before anything is published, onnxruntime is run on real, variable-length dev sentences: the export
+fails if it differs from torch by more than ``--tolerance`` or if a sentence's probabilities change
+when it is batched with longer ones (padding must not change answers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from tokenizers import Tokenizer
+
+from export.repository import DEFAULT_REPOSITORY, next_version, publish_version, utc_now
+from models.common.runs import git_commit
+from models.sentiment import LABELS
+from models.sentiment.data import load_split
+from models.sentiment.model import ModelConfig, ProbabilityHead, SentimentClassifier
+from models.sentiment.train import CHECKPOINT, TOKENIZER
+from models.text import encode_ids, pad_batch
+from service.model_card import DatasetInfo, GraphSpec, ModelCard, TensorSpec
+
+MODEL_NAME = "sentiment"
+ONNX_FILE = "model.onnx"
+OPSET = 17
+GRAPH = GraphSpec(
+    inputs=[
+        TensorSpec(name="input_ids", dtype="INT64", shape=[-1, -1]),
+        TensorSpec(name="lengths", dtype="INT64", shape=[-1]),
+    ],
+    outputs=[TensorSpec(name="probabilities", dtype="FP32", shape=[-1, len(LABELS)])],
+)
+SERVED_INPUTS = [TensorSpec(name="text", dtype="BYTES", shape=[-1, 1])]
+SERVED_OUTPUTS = [
+    TensorSpec(name="label", dtype="BYTES", shape=[-1, 1]),
+    TensorSpec(name="probabilities", dtype="FP32", shape=[-1, len(LABELS)]),
+]
+# What padding may change in a sentence's probabilities (the issue's contract).
+PADDING_TOLERANCE = 1e-5
+
+
+class ExportCheckError(RuntimeError):
+    """The exported graph does not answer like the trained model: nothing is published."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lstm-serve export sentiment", description=__doc__.splitlines()[0])
+    p.add_argument("run_dir", type=Path, help="a folder written by `lstm-serve train sentiment`")
+    p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
+    p.add_argument("--version", default=None, help="version folder name (default: one above the highest)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing version folder")
+    p.add_argument("--parity-sentences", type=int, default=64, help="real dev sentences in the parity batch")
+    p.add_argument("--tolerance", type=float, default=1e-4, help="max |onnxruntime - torch| allowed")
+    return p
+
+
+def load_run(run_dir: Path) -> tuple[SentimentClassifier, dict, Tokenizer]:
+    """The best-on-dev model (eval mode), its checkpoint dict and the run's tokenizer."""
+    checkpoint = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=True)
+    model = SentimentClassifier(ModelConfig(**checkpoint["config"]))
+    model.load_state_dict(checkpoint["state_dict"])
+    model.eval()
+    return model, checkpoint, Tokenizer.from_file(str(run_dir / TOKENIZER))
+
+
+def parity_sentences(tokenizer: Tokenizer, max_length: int, count: int) -> list[list[int]]:
+    """``count`` dev sentences spread evenly over the length range (shortest to longest)."""
+    texts = load_split("dev").texts
+    ids = encode_ids(tokenizer, texts, max_length)
+    order = np.argsort([len(s) for s in ids], kind="stable")
+    picks = np.linspace(0, len(order) - 1, num=min(count, len(order))).round().astype(int)
+    return [ids[order[i]] for i in picks]
+
+
+def export_onnx(model: SentimentClassifier, sample: list[list[int]], path: Path) -> None:
+    """Trace to ONNX with dynamic batch and time axes.
+
+    The TorchScript-based exporter (``dynamo=False``) is used on purpose: it turns the packed sequence
+    into an ONNX LSTM/GRU/RNN node with ``sequence_lens``; ``torch.export`` cannot trace packing.
+    """
+    input_ids, lengths = (torch.from_numpy(a) for a in pad_batch(sample))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=(DeprecationWarning, UserWarning, FutureWarning))
+        torch.onnx.export(
+            ProbabilityHead(model).eval(),  # a module in train mode is put back in train mode after export
+            (input_ids, lengths),
+            str(path),
+            input_names=["input_ids", "lengths"],
+            output_names=["probabilities"],
+            dynamic_axes={"input_ids": {0: "batch", 1: "time"}, "lengths": {0: "batch"}, "probabilities": {0: "batch"}},
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    onnx.checker.check_model(onnx.load(str(path)))
+
+
+def check_graph(session: ort.InferenceSession) -> None:
+    """The graph's names, types and ranks are the contract the service is written against."""
+    found = [(i.name, i.type, len(i.shape)) for i in session.get_inputs()]
+    found += [(o.name, o.type, len(o.shape)) for o in session.get_outputs()]
+    expected = [
+        ("input_ids", "tensor(int64)", 2),
+        ("lengths", "tensor(int64)", 1),
+        ("probabilities", "tensor(float)", 2),
+    ]
+    if found != expected:
+        raise ExportCheckError(f"exported graph has inputs/outputs {found}, expected {expected}")
+
+
+def run_onnx(session: ort.InferenceSession, sequences: Sequence[Sequence[int]]) -> np.ndarray:
+    input_ids, lengths = pad_batch(sequences)
+    return session.run(["probabilities"], {"input_ids": input_ids, "lengths": lengths})[0]
+
+
+def check_parity(model: SentimentClassifier, session: ort.InferenceSession, sequences: list[list[int]]) -> dict:
+    """Max |onnxruntime - torch| on one padded batch, and max change of a sentence alone vs batched."""
+    input_ids, lengths = pad_batch(sequences)
+    with torch.no_grad():
+        expected = ProbabilityHead(model).eval()(torch.from_numpy(input_ids), torch.from_numpy(lengths)).numpy()
+    batched = run_onnx(session, sequences)
+    alone = np.concatenate([run_onnx(session, [s]) for s in sequences])
+    return {
+        "max_abs_diff": float(np.abs(batched - expected).max()),
+        "padding_max_abs_diff": float(np.abs(batched - alone).max()),
+        "n_sentences": len(sequences),
+        "lengths": {"min": int(lengths.min()), "max": int(lengths.max())},
+        "reference": "torch (eval mode, fp32) vs onnxruntime CPUExecutionProvider on real dev sentences",
+    }
+
+
+def model_card(checkpoint: dict, parity: dict, version: str) -> ModelCard:
+    """``model.json`` from what the run recorded and what the export measured."""
+    report = checkpoint["report"]
+    validation = report["validation"]
+    return ModelCard(
+        name=MODEL_NAME,
+        version=version,
+        task="sentiment",
+        inputs=SERVED_INPUTS,
+        outputs=SERVED_OUTPUTS,
+        graphs={ONNX_FILE: GRAPH},
+        files={ONNX_FILE: "", TOKENIZER: ""},
+        labels=LABELS,
+        max_length=checkpoint["max_length"],
+        dataset=DatasetInfo(**report["dataset"]),
+        training={
+            "recipe": report["recipe"],
+            "seed": report["recipe"]["seed"],
+            "model": report["model"],
+            "parameters": report["parameters"],
+            "vocab_size": report["tokenizer"]["vocab_size"],
+            "epochs_run": report["epochs_run"],
+            "best_epoch": report["best_epoch"],
+            "train_seconds": round(report["train_seconds"], 1),
+            "threads": report["threads"],
+            "run_git_commit": report["git_commit"],
+            "command": "lstm-serve train sentiment --out runs/sentiment (recipe above)",
+        },
+        metrics={
+            "validation_accuracy": validation["accuracy"],
+            "validation_split": validation["split"],
+            "validation_n": validation["n"],
+            "validation_by_length": validation["by_length"],
+            "gradient_reach_ratio": report["gradient_reach"]["trained"]["ratio_first_to_last"],
+        },
+        parity=parity,
+        created=utc_now(),
+        git_commit=git_commit(),
+    )
+
+
+def export_run(
+    run_dir: Path,
+    repository: Path = DEFAULT_REPOSITORY,
+    version: str | None = None,
+    overwrite: bool = False,
+    parity_count: int = 64,
+    tolerance: float = 1e-4,
+) -> Path:
+    """Export, check and publish; returns the version folder. Raises ``ExportCheckError`` on a failed check."""
+    model, checkpoint, tokenizer = load_run(run_dir)
+    version = version or next_version(repository, MODEL_NAME)
+    sequences = parity_sentences(tokenizer, checkpoint["max_length"], parity_count)
+    (repository / MODEL_NAME).mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=repository / MODEL_NAME))
+    staging.chmod(0o755)  # mkdtemp's 0700 would travel with the folder into the repository
+    try:
+        export_onnx(model, sequences, staging / ONNX_FILE)
+        session = ort.InferenceSession(str(staging / ONNX_FILE), providers=["CPUExecutionProvider"])
+        check_graph(session)
+        parity = check_parity(model, session, sequences)
+        if parity["max_abs_diff"] > tolerance:
+            raise ExportCheckError(
+                f"onnxruntime differs from torch by {parity['max_abs_diff']:.3g} > {tolerance:g} "
+                f"on {parity['n_sentences']} dev sentences; not publishing"
+            )
+        if parity["padding_max_abs_diff"] > PADDING_TOLERANCE:
+            raise ExportCheckError(
+                f"padding changes probabilities by {parity['padding_max_abs_diff']:.3g} > {PADDING_TOLERANCE:g}; "
+                "not publishing"
+            )
+        shutil.copyfile(run_dir / TOKENIZER, staging / TOKENIZER)
+        return publish_version(staging, model_card(checkpoint, parity, version), repository, overwrite=overwrite)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        target = export_run(
+            args.run_dir, args.repository, args.version, args.overwrite, args.parity_sentences, args.tolerance
+        )
+    except (ExportCheckError, FileExistsError) as error:
+        print(f"lstm-serve export sentiment: FAILED: {error}")
+        return 1
+    card = ModelCard.load(target)
+    print(
+        f"exported {target}: validation accuracy {card.metrics['validation_accuracy']:.4f}, "
+        f"parity max |ort - torch| {card.parity['max_abs_diff']:.2e}, "
+        f"padding max diff {card.parity['padding_max_abs_diff']:.2e}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
