@@ -1,0 +1,104 @@
+"""One mapping from failures to HTTP answers, all of the form ``{"error": "<message>"}`` (V2 style).
+
+Service code raises a ``ServiceError`` subclass (its HTTP status and headers are part of the class);
+FastAPI's own validation and routing errors are rewritten into the same shape here, so no client ever
+sees two error formats. 400/404/413/422 for bad input, 503 + Retry-After when overloaded or not ready,
+504 when a deadline passed, 500 only for real bugs.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+
+class ServiceError(Exception):
+    status_code: ClassVar[int] = 500
+    headers: ClassVar[dict[str, str] | None] = None
+
+
+class InvalidInput(ServiceError):
+    status_code = 422
+
+
+class BodyTooLarge(ServiceError):
+    status_code = 413
+
+
+class ModelNotFound(ServiceError):
+    status_code = 404
+
+
+class ModelNotReady(ServiceError):
+    status_code = 503
+    headers: ClassVar[dict[str, str] | None] = {"Retry-After": "5"}
+
+
+class QueueFull(ServiceError):
+    """The batch queue is full: tell the client at once when to come back, never make it wait."""
+
+    status_code = 503
+    headers: ClassVar[dict[str, str] | None] = {"Retry-After": "1"}
+
+
+class ShuttingDown(ServiceError):
+    status_code = 503
+    headers: ClassVar[dict[str, str] | None] = {"Retry-After": "1", "Connection": "close"}
+
+
+class DeadlineExceeded(ServiceError):
+    status_code = 504
+
+
+class ClientGone(ServiceError):
+    """The client disconnected; nobody reads this answer (499 in nginx's convention)."""
+
+    status_code = 499
+
+
+class BatchFailed(ServiceError):
+    status_code = 500
+
+
+def error_response(status_code: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status_code, headers=headers)
+
+
+def _describe_validation(errors: list[dict[str, Any]]) -> str:
+    parts = []
+    for err in errors[:5]:
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        parts.append(f"{where}: {err.get('msg', 'invalid')}" if where else str(err.get("msg", "invalid")))
+    more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
+    return "; ".join(parts) + more
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
+        if exc.status_code >= 500 and not isinstance(exc, ModelNotReady | QueueFull | ShuttingDown):
+            log.warning("%s: %s", type(exc).__name__, exc)
+        return error_response(exc.status_code, str(exc), exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = list(exc.errors())
+        # Malformed JSON is a syntax problem (400); well-formed JSON of the wrong shape is 422.
+        status = 400 if any(e.get("type") == "json_invalid" for e in errors) else 422
+        return error_response(status, _describe_validation(errors))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _bug(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return error_response(500, f"internal error: {type(exc).__name__}")

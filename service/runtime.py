@@ -1,0 +1,123 @@
+"""onnxruntime sessions: provider choice, session options, and the one place that calls ``run``.
+
+Why a wrapper: the provider is chosen once per process (``auto`` = CUDA when onnxruntime-gpu sees a
+GPU, else CPU) and every session of every pipeline must get the same deliberate options. On CPU the
+service shares its cores with the event loop, so intra-op threads are few and do not spin; on CUDA
+outputs are bound through IOBinding so pipelines that keep state on the device (translation's decoder)
+can build on the same structure.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import onnxruntime as ort
+
+log = logging.getLogger(__name__)
+
+ProviderChoice = Literal["auto", "cuda", "cpu"]
+GraphOptimization = Literal["disable", "basic", "extended", "all"]
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+_OPT_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+class ProviderUnavailable(RuntimeError):
+    """``provider=cuda`` was asked for but onnxruntime cannot run on a GPU here."""
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeOptions:
+    provider: ProviderChoice = "auto"
+    intra_op_threads: int = 1
+    inter_op_threads: int = 1
+    graph_optimization: GraphOptimization = "all"
+    cuda_device_id: int = 0
+
+
+def cuda_available() -> bool:
+    """True when the installed onnxruntime has the CUDA provider (onnxruntime-gpu) and a GPU answers."""
+    if CUDA not in ort.get_available_providers():
+        return False
+    try:  # the provider can be compiled in without a usable device; ask the driver through ORT's helper
+        return ort.get_device().upper() == "GPU"
+    except Exception:  # any failure here just means "no GPU"
+        return False
+
+
+class Runtime:
+    """Creates sessions on the chosen provider and runs them; shared by all pipelines of a process."""
+
+    def __init__(self, options: RuntimeOptions) -> None:
+        self.options = options
+        if options.provider == "cpu":
+            self.provider = CPU
+        elif cuda_available():
+            self.provider = CUDA
+        elif options.provider == "cuda":
+            raise ProviderUnavailable(
+                f"provider=cuda but onnxruntime offers {ort.get_available_providers()} "
+                "(install the `gpu` extra, onnxruntime-gpu, on a machine with a CUDA GPU)"
+            )
+        else:
+            self.provider = CPU
+        log.info("onnxruntime %s: provider %s (asked: %s)", ort.__version__, self.provider, options.provider)
+
+    @property
+    def device(self) -> str:
+        """``cuda`` or ``cpu``: where OrtValues of this runtime live."""
+        return "cuda" if self.provider == CUDA else "cpu"
+
+    def session_options(self) -> ort.SessionOptions:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = _OPT_LEVELS[self.options.graph_optimization]
+        so.intra_op_num_threads = self.options.intra_op_threads
+        so.inter_op_num_threads = self.options.inter_op_threads
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # Spinning threads burn the cores the event loop and tokenizer need between batches.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        so.log_severity_level = 3
+        return so
+
+    def session(self, path: Path) -> ort.InferenceSession:
+        """A session for one ONNX file on this runtime's provider (CPU as the fallback after CUDA)."""
+        if self.provider == CUDA:
+            providers: list = [(CUDA, {"device_id": self.options.cuda_device_id}), CPU]
+        else:
+            providers = [CPU]
+        sess = ort.InferenceSession(str(path), sess_options=self.session_options(), providers=providers)
+        used = sess.get_providers()[0]
+        if used != self.provider:
+            log.warning("%s: asked for %s, onnxruntime uses %s", path.name, self.provider, used)
+        return sess
+
+    def run(
+        self, session: ort.InferenceSession, output_names: Sequence[str], feeds: Mapping[str, np.ndarray]
+    ) -> list[np.ndarray]:
+        """Run a session and return numpy outputs.
+
+        CPU: plain ``session.run``. CUDA: IOBinding, so inputs are copied once and outputs are allocated
+        on the device by onnxruntime (no host round trip inside the graph) and copied back once.
+        """
+        if self.provider != CUDA:
+            return session.run(list(output_names), dict(feeds))
+        binding = session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
+        for name in output_names:
+            binding.bind_output(name, "cuda", self.options.cuda_device_id)
+        session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()

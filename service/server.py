@@ -1,0 +1,55 @@
+"""``lstm-serve serve``: uvicorn on the model repository, with graceful shutdown.
+
+On SIGTERM (or Ctrl-C) uvicorn stops accepting connections and lets in-flight requests finish (up to
+``graceful_timeout_s``), then the app's lifespan drains the batch queues; the process exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+from collections.abc import Sequence
+
+import uvicorn
+
+from service.app import create_app
+from service.settings import Settings
+
+
+def _parse(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="lstm-serve serve",
+        description="Serve model_repository/ over HTTP. Every setting is also an env var LSTM_SERVE_<NAME> "
+        "(see the README's settings table); options given here win.",
+    )
+    parser.add_argument("--host", help="interface (LSTM_SERVE_HOST)")
+    parser.add_argument("--port", type=int, help="port (LSTM_SERVE_PORT)")
+    parser.add_argument("--model-repository", help="model repository folder (LSTM_SERVE_MODEL_REPOSITORY)")
+    parser.add_argument("--provider", choices=["auto", "cuda", "cpu"], help="LSTM_SERVE_PROVIDER")
+    parser.add_argument("--max-batch-size", type=int, help="LSTM_SERVE_MAX_BATCH_SIZE (1 = no batching)")
+    parser.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    return parser.parse_args(list(argv))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse(argv or [])
+    overrides = {k: v for k, v in vars(args).items() if v is not None}
+    settings = Settings(**overrides)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        log_config=None,  # keep the basicConfig format above for uvicorn's loggers too
+        access_log=False,  # per-request logging costs more than the inference; metrics count requests
+        timeout_graceful_shutdown=settings.graceful_timeout_s,
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    # uvicorn re-raises the signal it caught once it has shut down; a no-op handler makes that re-raise
+    # harmless, so a drained SIGTERM exits 0 (not -15) as orchestrators expect from a clean stop.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    server.run()
+    return 0 if server.started else 1

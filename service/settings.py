@@ -1,0 +1,96 @@
+"""Every knob of the service, from env ``LSTM_SERVE_*``, a ``.env`` file, or a YAML file.
+
+Precedence (highest first): environment, ``.env``, the YAML file named by ``LSTM_SERVE_CONFIG_FILE``,
+per-model ``serving`` overrides in ``model.json`` (batching knobs only, see ``BatchingSettings``), the
+defaults below. The defaults serve the shipped models on CPU with batching on, so ``make run`` needs no
+configuration.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
+
+from service.runtime import GraphOptimization, ProviderChoice, RuntimeOptions
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ENV_PREFIX = "LSTM_SERVE_"
+CONFIG_FILE_ENV = "LSTM_SERVE_CONFIG_FILE"
+
+
+class BatchingSettings(BaseModel):
+    """The batching knobs of one model version (global settings, then ``model.json`` ``serving``)."""
+
+    max_batch_size: int = Field(ge=1)
+    max_batch_tokens: int = Field(ge=1)
+    max_delay_ms: float = Field(ge=0)
+    max_queue_items: int = Field(ge=1)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="interface to listen on")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port")
+    model_repository: Path = Field(REPO_ROOT / "model_repository", description="folder of <model>/<version>/")
+    model_versions: dict[str, str] = Field(
+        default_factory=dict, description='pin versions, JSON: {"sentiment": "1"} (default: highest)'
+    )
+    provider: ProviderChoice = Field("auto", description="auto = CUDA if onnxruntime-gpu sees a GPU, else CPU")
+    intra_op_threads: int = Field(1, ge=0, description="onnxruntime intra-op threads per session (0 = ORT picks)")
+    inter_op_threads: int = Field(1, ge=0, description="onnxruntime inter-op threads per session")
+    graph_optimization: GraphOptimization = Field("all", description="onnxruntime graph optimisation level")
+    max_batch_size: int = Field(32, ge=1, description="most items (texts) in one batch; 1 = no batching")
+    max_batch_tokens: int = Field(8192, ge=1, description="most padded tokens (items × longest) in one batch")
+    max_delay_ms: float = Field(
+        2.0, ge=0, description="most extra wait for a batch to fill, only while under concurrency"
+    )
+    max_queue_items: int = Field(2048, ge=1, description="queued items per model before 503 + Retry-After")
+    request_timeout_s: float = Field(10.0, gt=0, description="per-request deadline; past it: 504")
+    max_texts_per_request: int = Field(64, ge=1, description="most texts in one request")
+    max_text_chars: int = Field(2000, ge=1, description="most characters in one text")
+    max_body_bytes: int = Field(1_048_576, ge=1, description="largest request body; larger: 413")
+    warmup: bool = Field(True, description="run warm-up batches over the length buckets before ready")
+    graceful_timeout_s: float = Field(30.0, ge=0, description="on SIGTERM, longest wait for queued work")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="log level")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
+        config_file = os.environ.get(CONFIG_FILE_ENV)
+        if config_file:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)
+
+    def runtime_options(self) -> RuntimeOptions:
+        return RuntimeOptions(
+            provider=self.provider,
+            intra_op_threads=self.intra_op_threads,
+            inter_op_threads=self.inter_op_threads,
+            graph_optimization=self.graph_optimization,
+        )
+
+    def batching_for(self, serving: dict[str, Any]) -> BatchingSettings:
+        """Batching knobs for one model: ``model.json`` ``serving`` overrides defaults, not explicit settings.
+
+        A knob the operator set (env, .env, YAML, or constructor) wins over the model card, so
+        ``LSTM_SERVE_MAX_BATCH_SIZE=1`` turns batching off whatever the card says.
+        """
+        values = {}
+        for name in BatchingSettings.model_fields:
+            if name in serving and name not in self.model_fields_set:
+                values[name] = serving[name]
+            else:
+                values[name] = getattr(self, name)
+        return BatchingSettings(**values)
