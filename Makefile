@@ -32,7 +32,7 @@ lint: $(VENV)/.installed
 # Reproduce the shipped models from the repo's own data (CPU; see docs/ for times).
 models: $(VENV)/.installed
 	$(BIN)/lstm-serve train sentiment --out runs/sentiment
-	$(BIN)/lstm-serve export sentiment runs/sentiment
+	$(BIN)/lstm-serve export sentiment runs/sentiment --version 1 --overwrite
 	$(BIN)/lstm-serve train translation --out runs/translation
 	$(BIN)/lstm-serve export translation runs/translation
 

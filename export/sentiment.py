@@ -91,7 +91,9 @@ def export_onnx(model: SentimentClassifier, sample: list[list[int]], path: Path)
     """
     input_ids, lengths = (torch.from_numpy(a) for a in pad_batch(sample))
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=(DeprecationWarning, UserWarning, FutureWarning))
+        # the tracer warns about every Python-level shape check and that this exporter is deprecated;
+        # what matters is checked right after, on real inputs of other shapes (check_parity)
+        warnings.simplefilter("ignore")
         torch.onnx.export(
             ProbabilityHead(model).eval(),  # a module in train mode is put back in train mode after export
             (input_ids, lengths),

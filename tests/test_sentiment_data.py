@@ -1,0 +1,48 @@
+"""SST-2 loader: the repo's real data files, their counts and labels, and a loud checksum failure."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from models.datasets import CHECKSUMS, DataChecksumError, data_dir
+from models.sentiment.data import SPLIT_FILES, dataset_info, load_split
+
+
+@pytest.mark.parametrize(("name", "count"), [("train", 60_614), ("dev", 6_735)])
+def test_split_counts_and_labels(name: str, count: int) -> None:
+    split = load_split(name)
+    assert len(split) == count == len(split.labels)
+    assert set(split.labels) == {0, 1}
+    # SST-2 is roughly balanced (55% positive); a label parsing bug would skew this badly
+    assert 0.5 < sum(split.labels) / count < 0.6
+    assert all(text and "\t" not in text for text in split.texts)
+
+
+def test_first_training_rows_are_the_published_ones() -> None:
+    split = load_split("train").head(2)
+    assert split.texts == ["when are bears bears and", "kids , spirit"]
+    assert split.labels == [1, 1]
+
+
+def test_changed_file_fails_with_a_clear_error(tmp_path: Path) -> None:
+    relative = SPLIT_FILES["dev"]
+    copy = tmp_path / relative
+    copy.parent.mkdir(parents=True)
+    shutil.copyfile(data_dir() / relative, copy)
+    with copy.open("ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(DataChecksumError, match=r"sha256 .* expected .*not the published file"):
+        load_split("dev", root=tmp_path)
+
+
+def test_missing_file_fails_with_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(DataChecksumError, match="missing"):
+        load_split("train", root=tmp_path)
+
+
+def test_dataset_info_records_the_checksums() -> None:
+    info = dataset_info({"train": 1, "dev": 2})
+    assert info["sha256"] == {path: CHECKSUMS[path] for path in ("sst2/train.tsv.gz", "sst2/dev.tsv.gz")}

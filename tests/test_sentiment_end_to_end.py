@@ -1,0 +1,70 @@
+"""Tiny real run: train on a few hundred SST-2 sentences -> export -> onnxruntime, in seconds.
+
+Every cell (lstm, gru, rnn) goes through the same path, because the cell comparison and ``--cell``
+promise they all train, export and serve the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from tokenizers import Tokenizer
+
+from export.sentiment import ExportCheckError, export_run
+from export.sentiment import main as export_main
+from models.sentiment.train import main as train_main
+from models.text import encode_ids, pad_batch
+from service.model_card import ModelCard
+
+TINY = ["--limit-train", "300", "--limit-dev", "100", "--epochs", "1", "--emb-dim", "16", "--hidden", "12"]
+TINY += ["--vocab-size", "1500", "--batch-size", "32", "--no-progress"]
+
+
+@pytest.fixture(scope="module", params=["lstm", "gru", "rnn"])
+def tiny_run(request, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp(f"run-{request.param}")
+    assert train_main([*TINY, "--cell", request.param, "--out", str(run_dir)]) == 0
+    return run_dir
+
+
+def test_run_folder_has_everything(tiny_run: Path) -> None:
+    for name in ("checkpoint.pt", "tokenizer.json", "curves.png", "report.json", "report.md"):
+        assert (tiny_run / name).stat().st_size > 0, name
+    assert "validation accuracy" in (tiny_run / "report.md").read_text()
+
+
+def test_export_publishes_a_checked_version(tiny_run: Path, tmp_path: Path) -> None:
+    assert export_main([str(tiny_run), "--repository", str(tmp_path), "--version", "3"]) == 0
+    folder = tmp_path / "sentiment" / "3"
+    card = ModelCard.load(folder)
+    assert card.version == "3" and card.name == "sentiment" and card.labels == ["negative", "positive"]
+    assert card.mismatched_files(folder) == []
+    assert sorted(p.name for p in folder.iterdir()) == ["model.json", "model.onnx", "tokenizer.json"]
+    assert card.parity["max_abs_diff"] <= 1e-4 and card.parity["padding_max_abs_diff"] <= 1e-5
+    assert card.parity["lengths"]["min"] == 1 < card.parity["lengths"]["max"]
+
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    texts = ["It's a charming, often affecting journey!", "", "Dull.", "a b c " * 60]
+    ids, lengths = pad_batch(encode_ids(tokenizer, texts, card.max_length))
+    probabilities = session.run(["probabilities"], {"input_ids": ids, "lengths": lengths})[0]
+    assert probabilities.shape == (4, 2) and probabilities.dtype == np.float32
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-6)
+    assert lengths.tolist()[1] == 1 and lengths.tolist()[3] == card.max_length
+
+
+def test_existing_version_needs_overwrite(tiny_run: Path, tmp_path: Path) -> None:
+    assert export_main([str(tiny_run), "--repository", str(tmp_path), "--version", "1"]) == 0
+    assert export_main([str(tiny_run), "--repository", str(tmp_path), "--version", "1"]) == 1
+    assert export_main([str(tiny_run), "--repository", str(tmp_path), "--version", "1", "--overwrite"]) == 0
+    assert export_main([str(tiny_run), "--repository", str(tmp_path)]) == 0  # next version
+    assert sorted(p.name for p in (tmp_path / "sentiment").iterdir()) == ["1", "2"]
+
+
+def test_failed_parity_publishes_nothing(tiny_run: Path, tmp_path: Path) -> None:
+    with pytest.raises(ExportCheckError, match="differs from torch"):
+        export_run(tiny_run, tmp_path, version="1", tolerance=-1.0)  # no difference can pass a negative bound
+    assert list((tmp_path / "sentiment").iterdir()) == []
