@@ -36,7 +36,9 @@ def test_treebank_text_keeps_its_tokens(full_vocab_tokenizer) -> None:
     canonical = {"``": '"', "''": '"', "`": "'"}
     texts = load_split("train").texts
     encodings = full_vocab_tokenizer.encode_batch(texts)
-    same = sum(enc.tokens == [canonical.get(w, w) for w in text.split()] for enc, text in zip(encodings, texts))
+    same = sum(
+        enc.tokens == [canonical.get(w, w) for w in text.split()] for enc, text in zip(encodings, texts, strict=True)
+    )
     assert same / len(texts) > 0.999
 
 
