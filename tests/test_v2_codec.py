@@ -256,7 +256,8 @@ def test_encoded_response_reads_back_in_tritonclient(binary):
     encoded = encode_response("sentiment", "1", "42", [(label, binary[0]), (probabilities, binary[1])])
     assert (encoded.header_length is not None) == any(binary)
     if encoded.header_length is not None:
-        assert encoded.headers[BINARY_HEADER] == str(encoded.header_length)
+        assert encoded.headers == {BINARY_HEADER: str(encoded.header_length)}
+        assert encoded.content_type == "application/octet-stream"
     result = httpclient.InferenceServerClient.parse_response_body(encoded.body, header_length=encoded.header_length)
     response = result.get_response()
     assert (response["model_name"], response["model_version"], response["id"]) == ("sentiment", "1", "42")
@@ -284,7 +285,7 @@ def test_json_only_response_has_no_binary_header():
     label, _ = _outputs()
     encoded = encode_response("sentiment", "1", "", [(label, False)])
     assert encoded.header_length is None
-    assert encoded.headers == {"Content-Type": "application/json"}
+    assert (encoded.content_type, encoded.headers) == ("application/json", {})
     assert json.loads(encoded.body)["id"] == ""
 
 

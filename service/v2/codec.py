@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
+from service.errors import ServiceError
 from service.v2.types import InferenceRequest, InferenceResponse, RequestInput, ResponseOutput
 
 BINARY_HEADER = "Inference-Header-Content-Length"
@@ -50,14 +51,14 @@ _LENGTH = struct.Struct("<I")
 _SHARED_MEMORY_KEYS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
 
 
-class CodecError(ValueError):
-    """The request body breaks the protocol or asks for something not served (HTTP 400)."""
+class CodecError(ServiceError):
+    """The request breaks the protocol or asks for something not served: 400, in the V2 error form."""
 
     status_code = 400
 
 
 class PayloadTooLarge(CodecError):
-    """A compressed body inflates past the limit (HTTP 413)."""
+    """A compressed body inflates past the body limit (413, like an uncompressed body that large)."""
 
     status_code = 413
 
@@ -91,10 +92,13 @@ class EncodedResponse:
     header_length: int | None
 
     @property
+    def content_type(self) -> str:
+        return JSON_CONTENT_TYPE if self.header_length is None else BINARY_CONTENT_TYPE
+
+    @property
     def headers(self) -> dict[str, str]:
-        if self.header_length is None:
-            return {"Content-Type": JSON_CONTENT_TYPE}
-        return {"Content-Type": BINARY_CONTENT_TYPE, BINARY_HEADER: str(self.header_length)}
+        """Headers besides Content-Type: the JSON length when binary data follows it."""
+        return {} if self.header_length is None else {BINARY_HEADER: str(self.header_length)}
 
 
 # --- BYTES elements ------------------------------------------------------------------------------------
