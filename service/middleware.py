@@ -115,8 +115,10 @@ class MetricsMiddleware:
                 return "", ""
             served = next((m for m in self.dataplane.models.values() if m.task == task), None)
             return (served.name, served.version) if served else (task, "")
+        # Names and versions in the path are whatever clients send: label only what is served, so a
+        # scan of /v2/models/<random> cannot create a time series per guess.
+        served = self.dataplane.models.get(name)
+        if served is None:
+            return "", ""
         version = params.get("model_version") or params.get("version")
-        if version is None:
-            served = self.dataplane.models.get(name)
-            version = served.version if served else ""
-        return str(name), str(version)
+        return served.name, served.version if version in (None, served.version) else ""

@@ -265,6 +265,14 @@ def test_v2_requests_are_in_the_request_metrics(client, server):
         assert found and float(found.group(1)) >= 1, status
 
 
+def test_unknown_model_names_are_not_metric_labels(server):
+    """Model names in V2 paths come from clients; only served ones may become label values."""
+    for path in ("/v2/models/guess-1", "/v2/models/guess-2/config", "/v2/models/sentiment/versions/guess-3"):
+        assert httpx.get(f"{server.url}{path}").status_code == 404
+    text = httpx.get(f"{server.url}/metrics").text
+    assert "guess-" not in text
+
+
 # --- what perf_analyzer does ---------------------------------------------------------------------------
 
 
