@@ -7,9 +7,9 @@ so the event loop keeps parsing requests meanwhile). Batches are formed while th
 at low load. Only under concurrency (the previous batch held more than one item) does the worker wait,
 at most ``max_delay_ms`` after the oldest item arrived, for a batch to fill.
 
-A batch takes items until ``max_batch_size`` items or ``max_batch_tokens`` padded tokens (items ×
-longest); when the queue is longer than one batch, items of similar length to the oldest item are
-taken together (from a window of the oldest items, so nothing starves) to cut padding. The queue is
+A round takes the oldest items (FIFO) up to ``max_batch_size``, sorts them by length and cuts them into
+batches within ``max_batch_tokens`` padded tokens (items × longest) and ``max_padding_ratio`` padding,
+run back to back: padding costs a recurrent model as much as text. The queue is
 bounded: a submit that would overflow it raises ``QueueFull`` at once. Items of jobs that were cancelled
 (client gone) or whose deadline passed are dropped before they cost compute. A failing batch fails only
 its own jobs; the worker keeps running. ``close()`` refuses new work and returns once the queue is empty.
@@ -32,9 +32,6 @@ from service.pipelines.base import Item, Pipeline
 from service.settings import BatchingSettings
 
 log = logging.getLogger(__name__)
-
-#: How many of the oldest items (× max_batch_size) length grouping may choose from.
-GROUPING_WINDOW = 4
 
 
 @dataclass(eq=False, slots=True)
@@ -137,9 +134,9 @@ class Batcher:
                 await self._wakeup.wait()
                 continue
             await self._maybe_wait_for_more()
-            batch = self._take()
-            if batch:
-                await self._execute(batch)
+            groups = self._take()
+            if groups:
+                await self._execute(groups)
 
     def _oldest_queue(self) -> deque[_Queued] | None:
         heads = [q for q in self._queues.values() if q]
@@ -168,83 +165,93 @@ class Batcher:
             except TimeoutError:
                 return
 
-    def _take(self) -> list[_Queued]:
-        """Pop the next batch: the oldest live item plus, up to the limits, items of similar length."""
+    def _take(self) -> list[list[_Queued]]:
+        """Pop the next round, the oldest live items (FIFO, up to ``max_batch_size``), as length groups.
+
+        Why groups: a recurrent model steps through the longest sequence of a batch, so padding costs
+        as much as text. Measured on the shipped biLSTM (CPU, SST-2 dev sentences): one batch of 32
+        random lengths costs more per item than no batching, while the same 32 sorted and cut into
+        groups of similar length cost about half of no batching. Taking the round in arrival order
+        keeps latency FIFO-fair (no item is passed over for better-fitting ones).
+        """
         now = time.monotonic()
         queue = self._oldest_queue()
         if queue is None:
             return []
+        taken: list[_Queued] = []
         dropped = 0
-        while queue and queue[0].job.dead(now):
-            queue.popleft()
-            dropped += 1
-        cfg = self.config
-        if not queue:
-            self._forget(dropped)
-            return []
-        window_size = min(len(queue), GROUPING_WINDOW * cfg.max_batch_size)
-        if window_size <= cfg.max_batch_size:
-            candidates = [queue.popleft() for _ in range(window_size)]
-        else:  # long queue: oldest item first, then the closest lengths among the oldest items
-            window = [queue.popleft() for _ in range(window_size)]
-            anchor = window[0].item.length
-            order = [0, *sorted(range(1, window_size), key=lambda i: abs(window[i].item.length - anchor))]
-            candidates = [window[i] for i in order]
-        batch: list[_Queued] = []
-        longest = 0
-        leftover: list[_Queued] = []
-        for entry in candidates:
+        while queue and len(taken) < self.config.max_batch_size:
+            entry = queue.popleft()
             if entry.job.dead(now):
                 dropped += 1
-                continue
-            grown = max(longest, entry.item.length)
-            fits = len(batch) < cfg.max_batch_size and grown * (len(batch) + 1) <= cfg.max_batch_tokens
-            if fits or not batch:  # the oldest item always runs, even alone over the token budget
-                batch.append(entry)
-                longest = grown
             else:
-                leftover.append(entry)
-        if leftover:  # back to the front, in arrival order, so they stay the oldest
-            leftover.sort(key=lambda e: e.enqueued)
-            queue.extendleft(reversed(leftover))
-        self._forget(dropped + len(batch))
-        return batch
+                taken.append(entry)
+        self._forget(dropped + len(taken))
+        return self._group(taken) if taken else []
+
+    def _group(self, entries: list[_Queued]) -> list[list[_Queued]]:
+        """Cut length-sorted items into batches within ``max_batch_tokens`` and ``max_padding_ratio``."""
+        cfg = self.config
+        entries.sort(key=lambda e: e.item.length)
+        groups: list[list[_Queued]] = []
+        current: list[_Queued] = []
+        real = 0
+        for entry in entries:
+            length = entry.item.length  # sorted: the new item is the longest of the group
+            size = len(current) + 1
+            if current and (
+                length * size > cfg.max_batch_tokens or 1.0 - (real + length) / (length * size) > cfg.max_padding_ratio
+            ):
+                groups.append(current)
+                current, real = [], 0
+            current.append(entry)
+            real += length
+        groups.append(current)
+        return groups
 
     def _forget(self, n: int) -> None:
         self._count -= n
         self._m_queue.set(self._count)
 
-    async def _execute(self, batch: list[_Queued]) -> None:
-        items = [entry.item for entry in batch]
-        started = time.monotonic()
-        for entry in batch:
-            self._m_queue_duration.observe(started - entry.enqueued)
-        longest = max(item.length for item in items)
-        real = sum(item.length for item in items)
-        self._m_size.observe(len(items))
-        self._m_tokens.observe(longest * len(items))
-        self._m_padding.observe(1.0 - real / (longest * len(items)))
-        self._last_batch_size = len(items)
+    def _timed_run(self, items: list[Item]) -> tuple[list[Any], float]:
+        """Worker thread: one batch through the pipeline, timed where it runs."""
+        started = time.perf_counter()
+        outputs = self.pipeline.run_batch(items)
+        if len(outputs) != len(items):
+            raise RuntimeError(f"pipeline returned {len(outputs)} outputs for {len(items)} items")
+        return outputs, time.perf_counter() - started
+
+    async def _execute(self, groups: list[list[_Queued]]) -> None:
+        """Run a round's batches back to back in the worker thread; deliver each batch as it finishes."""
         loop = asyncio.get_running_loop()
-        try:
-            outputs = await loop.run_in_executor(self._executor, self.pipeline.run_batch, items)
-            if len(outputs) != len(items):
-                raise RuntimeError(f"pipeline returned {len(outputs)} outputs for {len(items)} items")
-        except Exception as exc:  # a failing batch fails its own jobs, never the worker
-            log.exception("batch of %d items on %s failed", len(items), self._name)
-            self._fail(batch, exc)
-            return
-        finally:
-            self._m_inference.observe(time.monotonic() - started)
-        self._m_items.inc(len(items))
-        for entry, output in zip(batch, outputs, strict=True):
-            job = entry.job
-            if job.future.done():
+        started = time.monotonic()
+        self._last_batch_size = sum(len(g) for g in groups)
+        # All batches are queued on the one-thread executor at once: no event-loop hop between them.
+        futures = [loop.run_in_executor(self._executor, self._timed_run, [e.item for e in g]) for g in groups]
+        for group, future in zip(groups, futures, strict=True):
+            for entry in group:
+                self._m_queue_duration.observe(started - entry.enqueued)
+            lengths = [e.item.length for e in group]
+            padded = max(lengths) * len(lengths)
+            self._m_size.observe(len(group))
+            self._m_tokens.observe(padded)
+            self._m_padding.observe(1.0 - sum(lengths) / padded)
+            try:
+                outputs, seconds = await future
+            except Exception as exc:  # a failing batch fails its own jobs, never the worker
+                log.exception("batch of %d items on %s failed", len(group), self._name)
+                self._fail(group, exc)
                 continue
-            job.results[entry.index] = output
-            job.remaining -= 1
-            if job.remaining == 0:
-                job.future.set_result(job.results)
+            self._m_inference.observe(seconds)
+            self._m_items.inc(len(group))
+            for entry, output in zip(group, outputs, strict=True):
+                job = entry.job
+                if job.future.done():
+                    continue
+                job.results[entry.index] = output
+                job.remaining -= 1
+                if job.remaining == 0:
+                    job.future.set_result(job.results)
 
     def _fail(self, batch: list[_Queued], exc: Exception) -> None:
         for job in {id(entry.job): entry.job for entry in batch}.values():

@@ -8,6 +8,7 @@ models/readiness here) and format the answer. Loading happens in the background 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Awaitable, Mapping, Sequence
@@ -99,6 +100,10 @@ class DataPlane:
             log.exception("model loading failed")
             self.problems["*"] = f"{type(exc).__name__}: {exc}"
         self.loaded = True
+        # Everything loaded so far lives as long as the process: move it out of the collector's sight, so
+        # full collections under load scan only request garbage (they otherwise add tens of ms to the p99).
+        gc.collect()
+        gc.freeze()
         if self.ready:
             log.info("ready: serving %s", ", ".join(f"{m.name}/{m.version}" for m in self.models.values()))
 

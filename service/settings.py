@@ -28,6 +28,7 @@ class BatchingSettings(BaseModel):
     max_batch_size: int = Field(ge=1)
     max_batch_tokens: int = Field(ge=1)
     max_delay_ms: float = Field(ge=0)
+    max_padding_ratio: float = Field(ge=0, le=1)
     max_queue_items: int = Field(ge=1)
 
 
@@ -48,6 +49,9 @@ class Settings(BaseSettings):
     max_batch_tokens: int = Field(8192, ge=1, description="most padded tokens (items × longest) in one batch")
     max_delay_ms: float = Field(
         2.0, ge=0, description="most extra wait for a batch to fill, only while under concurrency"
+    )
+    max_padding_ratio: float = Field(
+        0.3, ge=0, le=1, description="most padding share in a batch (items of other lengths wait for the next)"
     )
     max_queue_items: int = Field(2048, ge=1, description="queued items per model before 503 + Retry-After")
     request_timeout_s: float = Field(10.0, gt=0, description="per-request deadline; past it: 504")

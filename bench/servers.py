@@ -1,0 +1,102 @@
+"""Starting real ``lstm-serve serve`` subprocesses on free loopback ports (for the benchmark and tests).
+
+One implementation for both, so a benchmark measures exactly the server the integration tests check.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+READY_TIMEOUT_S = 90.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of a process (Linux ``/proc``), 0 if unknown."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+@dataclass
+class ServerHandle:
+    """A running ``lstm-serve serve`` subprocess and where it listens."""
+
+    url: str
+    process: subprocess.Popen
+    env: dict[str, str]
+    log_path: Path
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def rss(self) -> int:
+        return rss_bytes(self.process.pid)
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM (graceful: finish queued work) and wait; returns the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=2.0) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def launch_server(overrides: dict[str, Any], log_dir: Path, timeout: float = READY_TIMEOUT_S) -> ServerHandle:
+    """Start a server with ``LSTM_SERVE_<KEY>=value`` for each override; return once ``/readyz`` is 200."""
+    port = free_port()
+    env = dict(os.environ)
+    env.update({f"LSTM_SERVE_{k.upper()}": str(v) for k, v in overrides.items()})
+    env.update({"LSTM_SERVE_HOST": "127.0.0.1", "LSTM_SERVE_PORT": str(port), "PYTHONUNBUFFERED": "1"})
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"server-{port}.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "serve"],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    handle = ServerHandle(f"http://127.0.0.1:{port}", process, env, log_path, dict(overrides))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode} before ready:\n{handle.log()[-4000:]}")
+        if _ready(handle.url):
+            return handle
+        time.sleep(0.1)
+    handle.stop(timeout=5)
+    raise RuntimeError(f"server not ready after {timeout}s:\n{handle.log()[-4000:]}")
