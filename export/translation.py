@@ -237,11 +237,15 @@ def exported_bleu(runtime: Seq2SeqRuntime, src_tok: Tokenizer, tgt_tok: Tokenize
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     run_dir: Path = args.run_dir
+    version = args.version or next_version(args.repository, "translation")
+    if (args.repository / "translation" / version).exists() and not args.overwrite:
+        raise FileExistsError(
+            f"{args.repository / 'translation' / version} exists; pass a new --version or --overwrite"
+        )
     model, ckpt = load_checkpoint(run_dir)
     round_to_fp16(model)
     src_tok = Tokenizer.from_file(str(run_dir / SRC_TOKENIZER))
     tgt_tok = Tokenizer.from_file(str(run_dir / TGT_TOKENIZER))
-    version = args.version or next_version(args.repository, "translation")
     staging = Path(tempfile.mkdtemp(prefix="translation-export-", dir=args.repository.parent))
     try:
         export_graphs(model, staging)

@@ -59,6 +59,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--alpha", type=float, default=0.6, help="length penalty for beam search")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=13)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (CI logs)")
     return p.parse_args(argv)
 
 
@@ -70,11 +71,13 @@ def load_checkpoint(run_dir: Path) -> tuple[Seq2Seq, dict]:
     return model.eval(), ckpt
 
 
-def run_epoch(model: Seq2Seq, batches: list, loss_fn: nn.Module, optimizer, clip: float, desc: str) -> float:
+def run_epoch(
+    model: Seq2Seq, batches: list, loss_fn: nn.Module, optimizer, clip: float, desc: str, progress: bool = True
+) -> float:
     """One pass of teacher-forced training; returns the mean per-token loss."""
     model.train()
     total, tokens = 0.0, 0
-    bar = tqdm(batches, desc=desc, unit="batch", mininterval=10, dynamic_ncols=True)
+    bar = tqdm(batches, desc=desc, unit="batch", mininterval=10, dynamic_ncols=True, disable=not progress)
     for batch in bar:
         logits = model(batch.src, batch.src_lengths, batch.tgt_in)
         loss = loss_fn(logits.reshape(-1, logits.size(-1)), batch.tgt_out.reshape(-1))
@@ -149,7 +152,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for epoch in range(1, args.epochs + 1):
         epoch_start = time.time()
         batches = list(bucketed_batches(train_src_ids, train_tgt_ids, args.batch_tokens, rng))
-        train_loss = run_epoch(model, batches, loss_fn, optimizer, args.clip, f"epoch {epoch}/{args.epochs}")
+        train_loss = run_epoch(
+            model, batches, loss_fn, optimizer, args.clip, f"epoch {epoch}/{args.epochs}", not args.no_progress
+        )
         val_loss = eval_loss(model, val_batches, plain_loss)
         val_bleu = bleu(translate(model, src_tok, tgt_tok, val_src, max_length=args.max_length), val_tgt)
         lr = optimizer.param_groups[0]["lr"]

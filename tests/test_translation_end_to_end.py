@@ -1,0 +1,92 @@
+"""Tiny real run per cell: train on a slice of Multi30k → export → onnxruntime decodes like torch.
+
+Every cell (lstm, gru, rnn) takes the same path, because ``--cell`` promises they all train, export
+and serve the same way (the decoder graph keeps one (h, c) signature for all three).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tokenizers import Tokenizer
+
+from export.translation import main as export_main
+from export.translation import round_to_fp16
+from models.translation.data import load_pairs
+from models.translation.decode import search_ids
+from models.translation.subwords import encode_source
+from models.translation.train import SRC_TOKENIZER, load_checkpoint
+from models.translation.train import main as train_main
+from service.model_card import ModelCard
+from service.pipelines.base import pad_batch
+from service.pipelines.translation_runtime import BOS_ID, EOS_ID, Seq2SeqRuntime
+from service.pipelines.translation_search import beam_search, greedy_search
+
+TINY = ["--limit", "1500", "--eval-limit", "30", "--epochs", "2", "--src-vocab", "800", "--tgt-vocab", "800"]
+TINY += ["--emb", "32", "--enc-hidden", "32", "--dec-hidden", "64", "--beam-size", "2", "--no-progress"]
+
+
+@pytest.fixture(scope="module", params=["lstm", "gru", "rnn"])
+def tiny_run(request, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp(f"translation-{request.param}")
+    assert train_main([*TINY, "--cell", request.param, "--out", str(run_dir)]) == 0
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_run: Path, tmp_path_factory) -> Path:
+    repository = tmp_path_factory.mktemp("repository")
+    args = [str(tiny_run), "--repository", str(repository), "--version", "2", "--parity-sentences", "20"]
+    assert export_main([*args, "--skip-bleu"]) == 0
+    return repository / "translation" / "2"
+
+
+@pytest.fixture(scope="module")
+def real_rows(tiny_run: Path) -> list[list[int]]:
+    sources, _ = load_pairs("val", 24)
+    return encode_source(Tokenizer.from_file(str(tiny_run / SRC_TOKENIZER)), sources, 128)
+
+
+def test_run_folder_has_everything(tiny_run: Path) -> None:
+    names = ("best.pt", "source_tokenizer.json", "target_tokenizer.json", "curves.png", "report.json", "report.md")
+    for name in names:
+        assert (tiny_run / name).stat().st_size > 0, name
+    assert "test_2016_flickr greedy" in (tiny_run / "report.md").read_text()
+
+
+def test_export_publishes_a_checked_version(exported: Path) -> None:
+    card = ModelCard.load(exported)
+    assert (card.name, card.version, card.task) == ("translation", "2", "translation")
+    assert card.mismatched_files(exported) == []
+    expected = ["decoder.onnx", "encoder.onnx", "model.json", "source_tokenizer.json", "target_tokenizer.json"]
+    assert sorted(p.name for p in exported.iterdir()) == expected
+    assert card.parity["greedy_identical"] and card.parity["greedy_mismatches"] == 0
+    assert card.parity["sentences"] == 20
+    assert [t.name for t in card.graphs["decoder.onnx"].inputs][:2] == ["prev_token", "state_index"]
+    assert card.training["special_tokens"] == {"[PAD]": 0, "[UNK]": 1, "[BOS]": 2, "[EOS]": 3}
+    assert set(card.dataset.sha256) >= {"multi30k/train.en.gz", "multi30k/test_2016_flickr.de.gz"}
+
+
+def test_onnxruntime_decodes_real_sentences_like_torch(tiny_run: Path, exported: Path, real_rows) -> None:
+    model, _ = load_checkpoint(tiny_run)
+    round_to_fp16(model)  # the exported weights are fp16-stored: compare the same weights
+    runtime = Seq2SeqRuntime.from_folder(exported)
+    assert runtime.search(real_rows, 1, 40) == search_ids(model, real_rows, 1, 40)
+    assert runtime.search(real_rows, 3, 40) == search_ids(model, real_rows, 3, 40)
+
+
+def test_beam_size_one_equals_greedy(exported: Path, real_rows) -> None:
+    runtime = Seq2SeqRuntime.from_folder(exported)
+    src, lengths = pad_batch([np.asarray(r) for r in real_rows])
+    greedy = greedy_search(runtime.stepper(src, lengths, 1), len(real_rows), 40, BOS_ID, EOS_ID)
+    beam = beam_search(runtime.stepper(src, lengths, 1), len(real_rows), 1, 40, BOS_ID, EOS_ID, alpha=0.6)
+    assert beam == greedy
+    assert any(len(g) > 0 for g in greedy)
+
+
+def test_existing_version_needs_overwrite(tiny_run: Path, exported: Path) -> None:
+    repository = exported.parents[1]
+    with pytest.raises(FileExistsError):
+        export_main([str(tiny_run), "--repository", str(repository), "--version", "2", "--skip-bleu"])
