@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,13 @@ DASHBOARD_PROVIDERS = DEPLOY / "grafana" / "provisioning" / "dashboards" / "lstm
 NVML_ONLY_METRICS = frozenset({"lstm_serve_gpu_memory_used_bytes", "lstm_serve_gpu_utilization_ratio"})
 # Series Prometheus makes itself for every target, not exported by the service.
 PROMETHEUS_SYNTHETIC = frozenset({"up", "scrape_duration_seconds", "scrape_samples_scraped"})
+
+
+def free_port() -> int:
+    """A free loopback TCP port (for the Prometheus and image-command processes the tests start)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 # ---------------------------------------------------------------- docker compose
@@ -288,7 +296,7 @@ def in_build_context(relative: str, patterns: list[tuple[bool, re.Pattern[str]]]
 
 # ---------------------------------------------------------------- PromQL in rules and the dashboard
 
-_GRAFANA_VARS = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h", "$model": ".*"}
+_GRAFANA_VARS = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h", "$model": ".+"}
 _KEYWORDS = {
     "by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool", "offset",
     "inf", "nan", "atan2",

@@ -17,10 +17,15 @@ from typing import Any
 
 OUTPUT = Path(__file__).resolve().parent / "dashboards" / "lstm-serve.json"
 DATASOURCE = {"type": "prometheus", "uid": "prometheus"}  # = uid in provisioning/datasources/prometheus.yml
+# "All" is `.+`, not `.*`: request series with model="" are the health/readiness probes (Docker's
+# HEALTHCHECK hits /readyz every 10 s) and would otherwise pad the request rate and the error ratio.
 MODEL = 'model=~"$model"'
+ALL_MODELS = ".+"
 OK = MODEL + ', status=~"2.."'
 SERVER_ERROR = MODEL + ', status=~"5.."'
-NOT_OK = MODEL + ', status!~"2.."'
+# Errors that happen before a model is known (unknown route, body too large, probes failing) have model="";
+# the error panel shows them too, whatever model is selected.
+NOT_OK = 'model=~"$model|", status!~"2.."'
 RATE = "[$__rate_interval]"
 # 80% of the default LSTM_SERVE_MAX_QUEUE_ITEMS (2048): the same line as the LstmServeQueueNearFull alert.
 QUEUE_ALERT_ITEMS = 1600
@@ -223,9 +228,16 @@ def traffic(layout: Layout) -> None:
     timeseries(
         layout,
         "Error rate by model / status (non-2xx)",
-        [target(f"sum by (model, status) ({rate('lstm_serve_requests_total', NOT_OK)})", "{{model}} {{status}}", "A")],
+        [
+            target(
+                f"sum by (model, endpoint, status) ({rate('lstm_serve_requests_total', NOT_OK)})",
+                "{{model}} {{endpoint}} {{status}}",
+                "A",
+            )
+        ],
         "reqps",
-        "4xx: clients' mistakes; 5xx: overload (503), deadlines (504) or bugs (500).",
+        "4xx: clients' mistakes; 5xx: overload (503), deadlines (504) or bugs (500). Includes answers without a "
+        "model (unknown routes, oversized bodies, probes).",
     )
     timeseries(
         layout,
@@ -402,7 +414,7 @@ def dashboard() -> dict[str, Any]:
                     "definition": model_query,
                     "multi": True,
                     "includeAll": True,
-                    "allValue": ".*",
+                    "allValue": ALL_MODELS,
                     "refresh": 2,
                     "sort": 1,
                     "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
