@@ -7,6 +7,7 @@ for real on the Prometheus config, the alert rules and their unit tests, and on 
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -45,6 +46,25 @@ def dockerfile() -> ds.Dockerfile:
 
 
 # ---------------------------------------------------------------- docker-compose.yml
+
+
+def compose_spec_errors(document: dict) -> list[str]:
+    """Errors against the Compose Specification JSON schema (the copy check-jsonschema vendors)."""
+    from importlib.resources import files
+
+    import jsonschema
+
+    schema = json.loads((files("check_jsonschema.builtin_schemas.vendor") / "compose-spec.json").read_text())
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    return [f"{'/'.join(map(str, error.path))}: {error.message}" for error in validator.iter_errors(document)]
+
+
+def test_compose_files_follow_the_compose_specification(compose: dict) -> None:
+    assert compose_spec_errors(compose) == []
+    merged = ds.merge_compose(compose, ds.load_compose(ds.COMPOSE_CPU_FILE))
+    assert compose_spec_errors(merged) == []
+    broken = ds.merge_compose(compose, {"services": {"api": {"healthcheck": {"test": 1, "interval": "10s"}}}})
+    assert compose_spec_errors(broken), "the schema check must catch a malformed service"
 
 
 def test_compose_services_ports_restart_and_healthchecks(compose: dict) -> None:
