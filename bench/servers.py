@@ -66,16 +66,21 @@ class ServerHandle:
         return self.process.returncode
 
 
-def _ready(url: str) -> bool:
+def _answers(url: str, path: str) -> bool:
     try:
-        with urllib.request.urlopen(f"{url}/readyz", timeout=2.0) as response:
+        with urllib.request.urlopen(f"{url}{path}", timeout=2.0) as response:
             return response.status == 200
     except (urllib.error.URLError, OSError):
         return False
 
 
-def launch_server(overrides: dict[str, Any], log_dir: Path, timeout: float = READY_TIMEOUT_S) -> ServerHandle:
-    """Start a server with ``LSTM_SERVE_<KEY>=value`` for each override; return once ``/readyz`` is 200."""
+def launch_server(
+    overrides: dict[str, Any], log_dir: Path, timeout: float = READY_TIMEOUT_S, wait_for: str = "/readyz"
+) -> ServerHandle:
+    """Start a server with ``LSTM_SERVE_<KEY>=value`` for each override; return once ``wait_for`` is 200.
+
+    ``wait_for="/healthz"`` returns as soon as the process is alive (for servers expected not to be ready).
+    """
     port = free_port()
     env = dict(os.environ)
     env.update({f"LSTM_SERVE_{k.upper()}": str(v) for k, v in overrides.items()})
@@ -95,7 +100,7 @@ def launch_server(overrides: dict[str, Any], log_dir: Path, timeout: float = REA
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode} before ready:\n{handle.log()[-4000:]}")
-        if _ready(handle.url):
+        if _answers(handle.url, wait_for):
             return handle
         time.sleep(0.1)
     handle.stop(timeout=5)

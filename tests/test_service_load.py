@@ -1,0 +1,136 @@
+"""Behaviour under load, against real servers: batching forms, full queue → 503, deadline → 504,
+disconnected clients' items are dropped, SIGTERM drains. Nothing here asserts a speed."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+
+from bench.servers import ServerHandle
+
+TEXTS = [
+    "a gorgeous , witty , seductive movie .",
+    "the plot is nothing but boilerplate clichés from start to finish , and the script is even worse",
+    "unfunny and lame .",
+    "one of the greatest family-oriented , fantasy-adventure movies ever .",
+]
+LONG = [" ".join(["good", "bad"] * 64)]
+
+
+def metric(server: ServerHandle, name: str, **labels: str) -> float:
+    """Sum of the samples of one metric whose labels include ``labels``."""
+    text = httpx.get(f"{server.url}/metrics").text
+    total = 0.0
+    for line in text.splitlines():
+        match = re.match(rf"^{re.escape(name)}(?:{{(.*)}})? (\S+)$", line)
+        if not match:
+            continue
+        have = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1) or ""))
+        if all(have.get(k) == v for k, v in labels.items()):
+            total += float(match.group(2))
+    return total
+
+
+def send(server: ServerHandle, texts: list[str], timeout: float = 60.0) -> httpx.Response:
+    return httpx.post(f"{server.url}/v1/sentiment", json={"texts": texts}, timeout=timeout)
+
+
+def crowd(server: ServerHandle, requests: list[list[str]]) -> list[httpx.Response]:
+    with ThreadPoolExecutor(len(requests)) as pool:
+        return list(pool.map(lambda texts: send(server, texts), requests))
+
+
+def test_batches_of_more_than_one_item_form_under_concurrency(live_server: ServerHandle) -> None:
+    batches_before = metric(live_server, "lstm_serve_batch_size_count")
+    singles_before = metric(live_server, "lstm_serve_batch_size_bucket", le="1.0")
+    items_before = metric(live_server, "lstm_serve_items_total")
+    responses = crowd(live_server, [[TEXTS[i % 4]] for i in range(96)])
+    assert all(r.status_code == 200 for r in responses)
+    batches = metric(live_server, "lstm_serve_batch_size_count") - batches_before
+    singles = metric(live_server, "lstm_serve_batch_size_bucket", le="1.0") - singles_before
+    assert metric(live_server, "lstm_serve_items_total") - items_before == 96
+    assert batches - singles > 0, "no batch of more than one item formed"
+    assert batches < 96
+
+
+def test_full_queue_answers_503_with_retry_after(start_server) -> None:
+    server = start_server(max_queue_items=8, max_batch_size=1)
+    responses = crowd(server, [TEXTS for _ in range(24)])  # 96 items offered to an 8-item queue
+    statuses = [r.status_code for r in responses]
+    assert 503 in statuses and 200 in statuses, statuses
+    refused = next(r for r in responses if r.status_code == 503)
+    assert refused.headers["retry-after"] == "1" and "full" in refused.json()["error"]
+    assert set(statuses) <= {200, 503}
+    assert metric(server, "lstm_serve_rejected_total", reason="queue_full") == statuses.count(503)
+    assert send(server, TEXTS[:1]).status_code == 200  # and it recovers
+
+
+def test_deadline_answers_504(start_server) -> None:
+    server = start_server(request_timeout_s=0.05, max_batch_size=1)
+    responses = crowd(server, [TEXTS * 16 for _ in range(8)])  # 512 single-item batches, 50 ms each
+    statuses = [r.status_code for r in responses]
+    assert 504 in statuses, statuses
+    assert set(statuses) <= {200, 504}
+    late = next(r for r in responses if r.status_code == 504)
+    assert "deadline" in late.json()["error"]
+    assert metric(server, "lstm_serve_rejected_total", reason="timeout") == statuses.count(504)
+    time.sleep(0.5)
+    # The expired requests' queued items were dropped, not computed: far fewer than 512 items ran.
+    assert metric(server, "lstm_serve_items_total") < 512
+
+
+def test_disconnected_client_items_are_dropped(start_server) -> None:
+    server = start_server(max_batch_size=1)
+    items_before = metric(server, "lstm_serve_items_total")
+    busy = [TEXTS * 16 for _ in range(4)]  # 256 items ahead in the queue
+    with ThreadPoolExecutor(5) as pool:
+        futures = [pool.submit(send, server, texts) for texts in busy]
+        time.sleep(0.05)
+        with contextlib.suppress(httpx.TimeoutException):
+            send(server, TEXTS * 16, timeout=0.05)  # gives up and closes its connection
+        assert all(f.result().status_code == 200 for f in futures)
+    deadline = time.monotonic() + 10
+    while metric(server, "lstm_serve_rejected_total", reason="cancelled") < 1:
+        assert time.monotonic() < deadline, "disconnect not noticed"
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert metric(server, "lstm_serve_items_total") - items_before < 256 + 64
+
+
+def test_sigterm_finishes_accepted_work_and_exits_0(start_server) -> None:
+    server = start_server(fresh=True, max_batch_size=1)
+    n = 12
+    results: list[httpx.Response | Exception] = []
+    lock = threading.Lock()
+
+    def client() -> None:
+        try:
+            response = send(server, LONG * 64)  # 64 items of 128 tokens, one at a time: seconds of work
+        except Exception as exc:
+            response = exc
+        with lock:
+            results.append(response)
+
+    threads = [threading.Thread(target=client) for _ in range(n)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 20
+    while metric(server, "lstm_serve_inflight_requests") < n:  # all accepted and queued
+        assert time.monotonic() < deadline, "requests not all in flight"
+        time.sleep(0.01)
+    server.process.send_signal(signal.SIGTERM)
+    for thread in threads:
+        thread.join(timeout=60)
+    assert server.process.wait(timeout=60) == 0, server.log()[-3000:]
+    assert len(results) == n
+    for response in results:
+        assert isinstance(response, httpx.Response), response
+        assert response.status_code == 200, response.text
+        assert len(response.json()["results"]) == 64
+    assert "shutdown complete" in server.log()
