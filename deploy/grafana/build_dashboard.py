@@ -301,6 +301,13 @@ def batching(layout: Layout) -> None:
         min=0,
         max=1,
     )
+    heatmap(
+        layout,
+        "Padding ratio distribution",
+        "lstm_serve_batch_padding_ratio",
+        "percentunit",
+        "How many batches had each padding share; mass near 0 means the length grouping works.",
+    )
     timeseries(
         layout,
         "Padded tokens per batch: mean, p95",
