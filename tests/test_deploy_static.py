@@ -93,6 +93,36 @@ def test_compose_api_reserves_a_gpu_and_serves_on_all_interfaces(compose: dict, 
     assert api["healthcheck"]["test"][1:] == dockerfile.stage("serving").healthcheck_command()
 
 
+def test_every_service_setting_the_deployment_sets_exists(compose: dict, dockerfile: ds.Dockerfile) -> None:
+    """LSTM_SERVE_* in compose and the image ENV are real Settings fields with valid values (no silent typo)."""
+    from service.settings import ENV_PREFIX, Settings
+
+    merged = ds.merge_compose(compose, ds.load_compose(ds.COMPOSE_CPU_FILE))
+    sources = {
+        "compose api": compose["services"]["api"]["environment"],
+        "compose cpu api": merged["services"]["api"]["environment"],
+        **{f"image {f}": dockerfile.image_env({"FLAVOUR": f}) for f in ("cpu", "gpu")},
+    }
+    for where, env in sources.items():
+        settings = {k.removeprefix(ENV_PREFIX).lower(): str(v) for k, v in env.items() if k.startswith(ENV_PREFIX)}
+        assert settings, where
+        assert set(settings) <= set(Settings.model_fields), (
+            f"{where}: unknown {set(settings) - set(Settings.model_fields)}"
+        )
+        Settings.model_validate(settings)  # raises on an invalid value (e.g. a provider name)
+
+
+def test_queue_alert_matches_the_default_queue_bound() -> None:
+    """LstmServeQueueNearFull is written against the documented default max_queue_items (no capacity gauge)."""
+    from service.settings import Settings
+
+    default = Settings.model_fields["max_queue_items"].default
+    rules = ds.ALERT_RULES.read_text()
+    threshold = int(re.search(r"lstm_serve_queue_items > (\d+)", rules)[1])
+    assert f"LSTM_SERVE_MAX_QUEUE_ITEMS={default}" in rules, "alerts.yml must name the default it is computed from"
+    assert 0.7 * default <= threshold < default
+
+
 def test_compose_cpu_override_drops_the_gpu(compose: dict) -> None:
     merged = ds.merge_compose(compose, ds.load_compose(ds.COMPOSE_CPU_FILE))
     api = merged["services"]["api"]
