@@ -63,6 +63,34 @@ def _dataplane(request: Request) -> DataPlane:
     return request.app.state.dataplane
 
 
+# --- inference (first: routes are matched in order, and this one is under load) -------------------------
+
+
+@router.post(MODEL + "/infer")
+@router.post(VERSION + "/infer")
+async def infer(request: Request, model_name: str, model_version: str | None = None) -> Response:
+    started = time.monotonic()
+    dataplane = _dataplane(request)
+    model = dataplane.get(model_name, model_version)
+    body = decompress(
+        await request.body(), request.headers.get("content-encoding"), request.app.state.settings.max_body_bytes
+    )
+    decoded = decode_request(body, request.headers.get(BINARY_HEADER))
+    texts = _texts(decoded, model)
+    # Unknown output names are refused before any compute is spent.
+    outputs = requested_outputs(decoded.header, [spec.name for spec in model.card.outputs])
+    params = _params(model, texts, decoded.header.parameters)
+    try:
+        result = await dataplane.infer(model, texts, params, disconnected=_disconnected(request), started=started)
+    except InvalidInput as exc:  # the V2 protocol answers every bad request with 400
+        raise CodecError(str(exc)) from exc
+    tensors = _output_tensors(model, result.results)
+    encoded = encode_response(
+        model.name, model.version, decoded.header.id, [(tensors[name], binary) for name, binary in outputs]
+    )
+    return Response(encoded.body, media_type=encoded.content_type, headers=encoded.headers)
+
+
 # --- server ------------------------------------------------------------------------------------------
 
 
@@ -146,32 +174,7 @@ def _config_tensor(spec: TensorSpec) -> ConfigTensor:
     return ConfigTensor(name=spec.name, data_type=TRITON_CONFIG_TYPES[spec.dtype], dims=spec.shape[1:])
 
 
-# --- inference ---------------------------------------------------------------------------------------
-
-
-@router.post(MODEL + "/infer")
-@router.post(VERSION + "/infer")
-async def infer(request: Request, model_name: str, model_version: str | None = None) -> Response:
-    started = time.monotonic()
-    dataplane = _dataplane(request)
-    model = dataplane.get(model_name, model_version)
-    body = decompress(
-        await request.body(), request.headers.get("content-encoding"), request.app.state.settings.max_body_bytes
-    )
-    decoded = decode_request(body, request.headers.get(BINARY_HEADER))
-    texts = _texts(decoded, model)
-    # Unknown output names are refused before any compute is spent.
-    outputs = requested_outputs(decoded.header, [spec.name for spec in model.card.outputs])
-    params = _params(model, texts, decoded.header.parameters)
-    try:
-        result = await dataplane.infer(model, texts, params, disconnected=_disconnected(request), started=started)
-    except InvalidInput as exc:  # the V2 protocol answers every bad request with 400
-        raise CodecError(str(exc)) from exc
-    tensors = _output_tensors(model, result.results)
-    encoded = encode_response(
-        model.name, model.version, decoded.header.id, [(tensors[name], binary) for name, binary in outputs]
-    )
-    return Response(encoded.body, media_type=encoded.content_type, headers=encoded.headers)
+# --- helpers -----------------------------------------------------------------------------------------
 
 
 async def _disconnected(request: Request) -> None:
