@@ -153,6 +153,25 @@ def test_decode_rejects_bad_requests(body, header_length, message):
         decode_request(body, header_length)
 
 
+def test_decode_checks_a_huge_bytes_shape_before_allocating():
+    body, header_length = _body([_text_input(["x"], True)])
+    document = json.loads(body[: int(header_length)])
+    document["inputs"][0]["shape"] = [10**12, 1]
+    header = json.dumps(document).encode()
+    with pytest.raises(CodecError, match="needs more bytes than binary_data_size 5"):
+        decode_request(header + body[int(header_length) :], str(len(header)))
+
+
+def test_decode_rejects_absurdly_nested_json():
+    depth = 100_000
+    body = b'{"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": %s"x"%s}]}' % (
+        b"[" * depth,
+        b"]" * depth,
+    )
+    with pytest.raises(CodecError, match="nested too deeply"):
+        decode_request(body)
+
+
 def test_decode_rejects_a_header_length_that_cuts_the_json():
     body, header_length = _body([_text_input(TEXTS, True)])
     with pytest.raises(CodecError, match="malformed"):

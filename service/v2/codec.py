@@ -171,6 +171,8 @@ def parse_header(raw: bytes) -> InferenceRequest:
         document = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CodecError(f"request JSON is malformed: {exc}") from exc
+    except RecursionError:  # a few thousand nested brackets fit in the body limit
+        raise CodecError("request JSON is nested too deeply") from None
     try:
         return InferenceRequest.model_validate(document)
     except ValidationError as exc:
@@ -261,6 +263,10 @@ def _tensor_from_json(spec: RequestInput) -> Tensor:
 def _tensor_from_binary(spec: RequestInput, raw: memoryview) -> Tensor:
     count = math.prod(spec.shape)
     if spec.datatype == "BYTES":
+        if count * _LENGTH.size > len(raw):  # checked before allocating: the shape is the client's word
+            raise CodecError(
+                f"input '{spec.name}': shape {spec.shape} needs more bytes than binary_data_size {len(raw)}"
+            )
         array = np.empty(count, dtype=object)
         array[:] = deserialize_bytes(raw, count, spec.name)
         return Tensor(spec.name, spec.datatype, array.reshape(spec.shape))
