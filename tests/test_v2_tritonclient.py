@@ -55,6 +55,12 @@ def server(live_server):
 
 
 @pytest.fixture(scope="module")
+def tuned_server(start_server):
+    """One extra server for the settings-dependent tests (each server start loads and warms every model)."""
+    return start_server(max_batch_size=8, max_delay_ms=5, max_queue_items=2)
+
+
+@pytest.fixture(scope="module")
 def client(server):
     with _client(server) as client:
         yield client
@@ -90,9 +96,8 @@ def test_sentiment_metadata_ready_and_config(client):
         ]
 
 
-def test_config_reflects_the_batcher_settings(start_server):
-    server = start_server(max_batch_size=8, max_delay_ms=5)
-    with _client(server) as client:
+def test_config_reflects_the_batcher_settings(tuned_server):
+    with _client(tuned_server) as client:
         config = client.get_model_config("sentiment")
     assert config["max_batch_size"] == 8
     assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 5000
@@ -244,9 +249,8 @@ def test_malformed_json_is_400(server):
     assert answer.json()["error"].startswith("request JSON is malformed")
 
 
-def test_full_queue_is_503(start_server):
-    server = start_server(max_queue_items=2)
-    with _client(server) as client:
+def test_full_queue_is_503(tuned_server):
+    with _client(tuned_server) as client:
         error = _infer_error(client, inputs=[_text_input(["one", "two", "three"], True)])
     assert error.status() == "503"
     assert "queue" in error.message()
