@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-from tritonclient.utils import InferenceServerException, serialize_byte_tensor
+from tritonclient.utils import InferenceServerException, deserialize_bytes_tensor, serialize_byte_tensor
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PERF_DATA = REPO_ROOT / "bench" / "perf_analyzer"
@@ -291,41 +291,37 @@ def _perf_analyzer_shapes(metadata: dict, config: dict) -> dict[str, list[int]]:
     return shapes
 
 
-def test_perf_analyzer_requests(server):
+def _perf_analyzer_infer(server, model: str, batch_size: int) -> tuple[list[str], dict[str, bytes]]:
     """Replay what perf_analyzer's C++ HTTP client sends and parse the answer the way it does.
 
     From its source: the request JSON always has ``id``, each input ``binary_data_size``, each requested
     output (all outputs in the metadata) ``binary_data: true``; only ``Inference-Header-Content-Length``
     is set. The answer: any ``parameters`` object on an output must carry ``binary_data_size``, and the
-    binary parts follow the JSON in output order.
+    binary parts follow the JSON in output order. Texts come from the committed ``--input-data`` file.
     """
-    metadata = httpx.get(f"{server.url}/v2/models/sentiment").json()
-    config = httpx.get(f"{server.url}/v2/models/sentiment/config").json()
+    metadata = httpx.get(f"{server.url}/v2/models/{model}").json()
+    config = httpx.get(f"{server.url}/v2/models/{model}/config").json()
     assert "statistics" not in httpx.get(f"{server.url}/v2").json()["extensions"]
     shapes = _perf_analyzer_shapes(metadata, config)
     assert shapes == {"text": [1]}  # fixed: perf_analyzer needs no --shape
-    entries = json.loads((PERF_DATA / "sentiment.json").read_text())["data"][:8]
-    batch = [entry["text"][0] for entry in entries[:4]]  # -b 4: four entries' elements in one request
+    assert batch_size <= config["max_batch_size"]
+    entries = json.loads((PERF_DATA / f"{model}.json").read_text())["data"]
+    batch = [entry["text"][0] for entry in entries[:batch_size]]  # -b N: N entries' elements in one request
     raw = serialize_byte_tensor(np.array([t.encode() for t in batch], dtype=object)).item()
+    text = {"name": "text", "datatype": "BYTES", "shape": [batch_size, *shapes["text"]]}
     header = json.dumps(
         {
             "id": "17",
-            "inputs": [
-                {
-                    "name": "text",
-                    "datatype": "BYTES",
-                    "shape": [4, *shapes["text"]],
-                    "parameters": {"binary_data_size": len(raw)},
-                }
-            ],
+            "inputs": [text | {"parameters": {"binary_data_size": len(raw)}}],
             "outputs": [{"name": o["name"], "parameters": {"binary_data": True}} for o in metadata["outputs"]],
         }
     ).encode()
-    answer = _post_infer(server, header + raw, {"Inference-Header-Content-Length": str(len(header))})
+    answer = _post_infer(server, header + raw, {"Inference-Header-Content-Length": str(len(header))}, model)
     assert answer.status_code == 200, answer.text
     json_size = int(answer.headers["Inference-Header-Content-Length"])
     response = json.loads(answer.content[:json_size])
     assert response["id"] == "17"
+    assert [o["name"] for o in response["outputs"]] == [o["name"] for o in metadata["outputs"]]
     offset = json_size
     parsed = {}
     for output in response["outputs"]:
@@ -333,8 +329,13 @@ def test_perf_analyzer_requests(server):
         parsed[output["name"]] = answer.content[offset : offset + size]
         offset += size
     assert offset == len(answer.content)
-    assert parsed["probabilities"] and len(parsed["probabilities"]) == 4 * 2 * 4
+    return batch, parsed
+
+
+def test_perf_analyzer_requests_sentiment(server):
+    batch, parsed = _perf_analyzer_infer(server, "sentiment", 4)
     native = _native_sentiment(server, batch)
+    assert list(deserialize_bytes_tensor(parsed["label"])) == [r["label"].encode() for r in native]
     probabilities = np.frombuffer(parsed["probabilities"], dtype="<f4").reshape(4, 2)
     np.testing.assert_allclose(probabilities[:, 1], [r["probabilities"]["positive"] for r in native], atol=1e-5)
 
