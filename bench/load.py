@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import random
+import signal
 import statistics
 import tempfile
 import time
@@ -262,8 +263,13 @@ def soak(server: ServerHandle, reqs: list[bytes], seconds: float) -> dict[str, A
     return {"seconds": seconds, "samples": samples}
 
 
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt  # so SIGTERM also stops the servers this run started (the finally below)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv or [])
+    signal.signal(signal.SIGTERM, _interrupt)
     texts = load_texts(args.texts)
     spawned: dict[str, ServerHandle] = {}
     extra_env = dict(kv.split("=", 1) for kv in args.server_env)

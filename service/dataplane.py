@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from service.batching import Batcher, Job
+from service.batching import Batcher, CostModel, Job, calibrate
 from service.errors import (
     ClientGone,
     DeadlineExceeded,
@@ -115,7 +115,8 @@ class DataPlane:
         if self.settings.warmup:
             count = await asyncio.to_thread(pipeline.warmup, batching.max_batch_size)
             log.info("model %s/%s warmed up with %d batches", name, version, count)
-        batcher = Batcher(pipeline, batching, self.metrics, name, version)
+        cost_model = await asyncio.to_thread(self._calibrate, pipeline, batching) if self.settings.warmup else None
+        batcher = Batcher(pipeline, batching, self.metrics, name, version, cost_model)
         batcher.start()
         self.metrics.model_info.labels(name, version, self.runtime.provider).set(1)
         log.info(
@@ -128,6 +129,22 @@ class DataPlane:
             batching.model_dump(),
         )
         return ServedModel(name, version, card, folder, pipeline, batcher, batching)
+
+    @staticmethod
+    def _calibrate(pipeline: Pipeline, batching: BatchingSettings) -> CostModel:
+        try:
+            model = calibrate(pipeline, batching.max_batch_size)
+        except Exception:  # a pipeline whose items are not token ids: keep the default cost model
+            log.warning("%s: cost calibration not possible, using the default cost model", pipeline.card.name)
+            return CostModel()
+        log.info(
+            "%s: batch cost = %.0f µs + tokens × (%.1f µs + %.1f µs × items)",
+            pipeline.card.name,
+            model.run * 1e6,
+            model.step * 1e6,
+            model.row * 1e6,
+        )
+        return model
 
     @property
     def ready(self) -> bool:

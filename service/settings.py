@@ -51,7 +51,10 @@ class Settings(BaseSettings):
         2.0, ge=0, description="most extra wait for a batch to fill, only while under concurrency"
     )
     max_padding_ratio: float = Field(
-        0.3, ge=0, le=1, description="most padding share in a batch (items of other lengths wait for the next)"
+        0.3,
+        ge=0,
+        le=1,
+        description="most padding share in one batch: queued items are cut into length groups to stay under it",
     )
     max_queue_items: int = Field(2048, ge=1, description="queued items per model before 503 + Retry-After")
     request_timeout_s: float = Field(10.0, gt=0, description="per-request deadline; past it: 504")

@@ -108,16 +108,19 @@ def test_sigterm_finishes_accepted_work_and_exits_0(start_server) -> None:
     n = 12
     results: list[httpx.Response | Exception] = []
     lock = threading.Lock()
+    clients = [httpx.Client(timeout=60) for _ in range(n)]
+    barrier = threading.Barrier(n)  # all requests leave together, so all are in flight at once
 
-    def client() -> None:
-        try:
-            response = send(server, LONG * 64)  # 64 items of 128 tokens, one at a time: seconds of work
-        except Exception as exc:
+    def client(http: httpx.Client) -> None:
+        barrier.wait()
+        try:  # 64 items of 128 tokens each, run one at a time: seconds of queued work in all
+            response = http.post(f"{server.url}/v1/sentiment", json={"texts": LONG * 64})
+        except Exception as exc:  # recorded and asserted on below
             response = exc
         with lock:
             results.append(response)
 
-    threads = [threading.Thread(target=client) for _ in range(n)]
+    threads = [threading.Thread(target=client, args=(http,)) for http in clients]
     for thread in threads:
         thread.start()
     deadline = time.monotonic() + 20
@@ -134,3 +137,5 @@ def test_sigterm_finishes_accepted_work_and_exits_0(start_server) -> None:
         assert response.status_code == 200, response.text
         assert len(response.json()["results"]) == 64
     assert "shutdown complete" in server.log()
+    for http in clients:
+        http.close()

@@ -4,6 +4,7 @@ settings precedence; plus a real server on a tampered folder staying not ready w
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -98,3 +99,14 @@ def test_server_on_a_tampered_folder_stays_not_ready(tmp_path: Path) -> None:
     finally:
         assert server.stop() == 0
     assert "refusing model sentiment version 1" in server.log()
+
+
+def test_readme_settings_table_matches_the_code() -> None:
+    readme = (SHIPPED.parents[2] / "README.md").read_text()
+    rows = dict(re.findall(r"^\| `(LSTM_SERVE_[A-Z_]+)` \| `([^`]*)` \|", readme, re.MULTILINE))
+    expected = {f"LSTM_SERVE_{name.upper()}": field for name, field in Settings.model_fields.items()}
+    assert set(rows) == set(expected)
+    for variable, field in expected.items():
+        default = field.default
+        if isinstance(default, str | int | float | bool):
+            assert rows[variable] == str(default), variable
