@@ -77,10 +77,36 @@ def round_to_fp16(model: Seq2Seq) -> None:
                 p.copy_(p.half().float())
 
 
+def drop_transposed_copies(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """Replace initializers that are the transpose of another one by a Transpose node.
+
+    The tied output projection (``x @ tgt_embed.weight.T``) is constant-folded by the exporter into a
+    second, transposed copy of the target embedding — 3 MB of the decoder for nothing. onnxruntime
+    folds the Transpose back at load, so the served math is unchanged.
+    """
+    arrays = {i.name: numpy_helper.to_array(i) for i in graph.initializer if len(i.dims) == 2}
+    by_shape: dict[tuple, list[str]] = {}
+    for name, array in arrays.items():
+        by_shape.setdefault(array.shape, []).append(name)
+    nodes, dropped = [], set()
+    for name, array in arrays.items():
+        if array.size < MIN_FP16_ELEMENTS or name in dropped:
+            continue
+        for other in by_shape.get(array.shape[::-1], []):
+            if other != name and other not in dropped and np.array_equal(arrays[other], array.T):
+                nodes.append(helper.make_node("Transpose", [name], [other], perm=[1, 0], name=f"{other}__transpose"))
+                dropped.add(other)
+    kept = [i for i in graph.initializer if i.name not in dropped]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return nodes
+
+
 def store_fp16(path: Path) -> None:
     """Rewrite large fp32 initializers as fp16 + Cast(to=FLOAT); the graph's math stays fp32."""
     graph_model = onnx.load(str(path))
     graph = graph_model.graph
+    transposes = drop_transposed_copies(graph)
     casts = []
     for init in graph.initializer:
         if init.data_type != TensorProto.FLOAT:
@@ -91,7 +117,7 @@ def store_fp16(path: Path) -> None:
         name = init.name
         init.CopyFrom(numpy_helper.from_array(array.astype(np.float16), name=f"{name}__fp16"))
         casts.append(helper.make_node("Cast", [f"{name}__fp16"], [name], to=TensorProto.FLOAT, name=f"{name}__cast"))
-    for node in reversed(casts):
+    for node in reversed(casts + transposes):  # casts first: the transposes read their outputs
         graph.node.insert(0, node)
     onnx.checker.check_model(graph_model)
     onnx.save(graph_model, str(path))
@@ -258,7 +284,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics = {"val_bleu_greedy_torch": ckpt.get("val_bleu"), "epoch": ckpt.get("epoch")}
         if not args.skip_bleu:
             metrics |= exported_bleu(runtime, src_tok, tgt_tok, "test_2016_flickr", args)
-            metrics |= exported_bleu(runtime, src_tok, tgt_tok, "val", args)
         metrics |= {"beam_size": args.beam_size, "length_penalty_alpha": args.alpha, "bleu": "sacrebleu 13a, cased"}
         print(f"metrics: {metrics}", flush=True)
         report = _read_report(run_dir)
@@ -297,6 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             git_commit=git_commit(),
             serving={"default_beam_size": args.beam_size, "length_penalty_alpha": args.alpha},
         )
+        staging.chmod(0o755)  # mkdtemp makes it private; the served folder must be readable like any other
         target = publish_version(staging, card, args.repository, overwrite=args.overwrite)
     finally:
         if staging.exists():
