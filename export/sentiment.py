@@ -174,6 +174,14 @@ def model_card(checkpoint: dict, parity: dict, version: str) -> ModelCard:
             "validation_split": validation["split"],
             "validation_n": validation["n"],
             "validation_by_length": validation["by_length"],
+            "validation_unseen_accuracy": report["validation_unseen"]["accuracy"],
+            "validation_unseen_n": report["validation_unseen"]["n"],
+            "validation_unseen_split": report["validation_unseen"]["split"],
+            "validation_unseen_by_length": report["validation_unseen"]["by_length"],
+            "comparability": (
+                "not GLUE's 872-sentence SST-2 dev set (BiLSTM baselines there: about 0.85-0.87); this dev split is "
+                "held out item by item from GLUE's training set, whose items are sentences and their sub-phrases"
+            ),
             "gradient_reach_ratio": report["gradient_reach"]["trained"]["ratio_first_to_last"],
         },
         parity=parity,

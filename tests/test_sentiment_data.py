@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from models.datasets import CHECKSUMS, DataChecksumError, data_dir
-from models.sentiment.data import SPLIT_FILES, dataset_info, load_split
+from models.sentiment.data import SPLIT_FILES, dataset_info, load_split, occurs_in
 
 
 @pytest.mark.parametrize(("name", "count"), [("train", 60_614), ("dev", 6_735)])
@@ -46,3 +46,9 @@ def test_missing_file_fails_with_a_clear_error(tmp_path: Path) -> None:
 def test_dataset_info_records_the_checksums() -> None:
     info = dataset_info({"train": 1, "dev": 2})
     assert info["sha256"] == {path: CHECKSUMS[path] for path in ("sst2/train.tsv.gz", "sst2/dev.tsv.gz")}
+
+
+def test_occurs_in_matches_whole_words_only() -> None:
+    corpus = ["it 's a charming and often affecting journey .", "kids , spirit"]
+    texts = ["charming and often", "charm", "kids , spirit", "spirit kids", "journey ."]
+    assert occurs_in(texts, corpus) == [True, False, True, False, True]

@@ -16,7 +16,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from models.datasets import CHECKSUMS
-from models.sentiment.data import load_split
+from models.sentiment.data import load_split, occurs_in
 from models.text import UNK_ID, encode_ids, pad_batch
 from service.model_card import ModelCard
 
@@ -86,6 +86,11 @@ def test_card_accuracy_is_what_the_files_give(card: ModelCard, session, tokenize
     assert card.metrics["validation_n"] == len(ids)
     buckets = card.metrics["validation_by_length"]
     assert sum(b["n"] for b in buckets.values()) == len(ids)
+
+    unseen = ~np.asarray(occurs_in(dev.texts, load_split("train").texts))
+    assert card.metrics["validation_unseen_n"] == int(unseen.sum())
+    unseen_accuracy = float((predicted[unseen] == np.asarray(dev.labels)[unseen]).mean())
+    assert unseen_accuracy == pytest.approx(card.metrics["validation_unseen_accuracy"], abs=2 / int(unseen.sum()))
 
 
 def test_padding_does_not_change_answers(session, tokenizer, card: ModelCard) -> None:

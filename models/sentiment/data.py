@@ -60,3 +60,14 @@ def dataset_info(splits: dict[str, int]) -> dict:
         "splits": splits,
         "sha256": {relative: CHECKSUMS[relative] for relative in SPLIT_FILES.values()},
     }
+
+
+def occurs_in(texts: list[str], corpus: list[str]) -> list[bool]:
+    """Whether each text appears, as whole words, inside some corpus text.
+
+    SST-2 is sentences *and their sub-phrases*, and GLUE's training set was split into train/dev by
+    item, not by sentence: most dev phrases also sit inside a training sentence. Accuracy on the dev
+    items that do not is the fairer estimate of how the model does on text it has never seen.
+    """
+    haystack = "\n".join(f" {t} " for t in corpus)
+    return [f" {t} " in haystack for t in texts]
