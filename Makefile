@@ -34,7 +34,7 @@ models: $(VENV)/.installed
 	$(BIN)/lstm-serve train sentiment --out runs/sentiment
 	$(BIN)/lstm-serve export sentiment runs/sentiment --version 1 --overwrite
 	$(BIN)/lstm-serve train translation --out runs/translation
-	$(BIN)/lstm-serve export translation runs/translation
+	$(BIN)/lstm-serve export translation runs/translation --version 1 --overwrite
 
 bench: $(VENV)/.installed
 	$(BIN)/lstm-serve bench
