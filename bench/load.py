@@ -223,6 +223,28 @@ def plot(runs: list[Run], servers: list[str], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def plot_soak(soak_result: dict[str, Any], path: Path, title: str) -> None:
+    """RSS and throughput over the soak: memory must stay flat under sustained load."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    samples = soak_result["samples"]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.plot([x["t"] for x in samples], [x["rss_mb"] for x in samples], marker="o", label="RSS (MiB)")
+    ax.set(xlabel="seconds of closed-loop load (c=64)", ylabel="MiB", ylim=(0, max(x["rss_mb"] for x in samples) * 1.3))
+    twin = ax.twinx()
+    twin.plot([x["t"] for x in samples[1:]], [x["req_s"] for x in samples[1:]], "g--", label="req/s")
+    twin.set_ylabel("req/s")
+    ax.grid(alpha=0.3)
+    fig.legend(loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
 
@@ -339,5 +361,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     plot(runs, servers, args.out.with_suffix(".png"), f"lstm-serve {PATH} ({result['when']})")
+    if soak_result:
+        plot_soak(
+            soak_result, args.out.with_name(args.out.name + "_rss.png"), f"lstm-serve RSS under load ({result['when']})"
+        )
     print(f"wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.png')}")
     return 0

@@ -28,8 +28,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from service.errors import BatchFailed, QueueFull, ShuttingDown
 from service.metrics import Metrics
 from service.pipelines.base import Item, Pipeline
@@ -58,7 +56,7 @@ class CostModel:
 
 
 def calibrate(pipeline: Pipeline, max_batch_size: int, repeats: int = 7) -> CostModel:
-    """Fit ``CostModel`` from timed batches (1×1, 1×T, B×T tokens of id 1) of the real pipeline.
+    """Fit ``CostModel`` from timed batches (1×1, 1×T, B×T tokens, ``Pipeline.cost_probe``) of the real pipeline.
 
     Blocking: call in a thread after warm-up. Falls back to the defaults when the timings are not
     consistent (e.g. a pipeline whose cost is not driven by input length).
@@ -67,7 +65,7 @@ def calibrate(pipeline: Pipeline, max_batch_size: int, repeats: int = 7) -> Cost
     size = max(2, min(max_batch_size, 32))
 
     def timed(batch: int, tokens: int) -> float:
-        items = [Item(np.ones(tokens, dtype=np.int64), tokens) for _ in range(batch)]
+        items = pipeline.cost_probe(batch, tokens)
         runs = []
         for _ in range(repeats):
             started = time.perf_counter()

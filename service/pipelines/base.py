@@ -84,6 +84,14 @@ class Pipeline(ABC):
                 batches.append([Item(data=np.ones(n, dtype=np.int64), length=n) for _ in range(size)])
         return batches
 
+    def cost_probe(self, size: int, length: int) -> list[Item]:
+        """A batch of ``size`` items of ``length`` tokens, timed at start-up to fit the batcher's cost model.
+
+        The default (token id 1, no key) suits token-id pipelines; a pipeline that needs a key (e.g.
+        translation's beam settings) overrides this with its default key.
+        """
+        return [Item(data=np.ones(length, dtype=np.int64), length=length) for _ in range(size)]
+
     def warmup(self, max_batch_size: int) -> int:
         """Run the warm-up batches (blocking; the dataplane calls it in a thread). Returns how many ran."""
         batches = self.warmup_batches(max_batch_size)
