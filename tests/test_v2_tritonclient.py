@@ -360,3 +360,59 @@ def test_gzip_body_bomb_is_413(server):
     )
     assert answer.status_code == 413
     assert set(answer.json()) == {"error"}
+
+
+# --- translation ---------------------------------------------------------------------------------------
+
+
+def _native_translate(server, texts: list[str], **params) -> list[str]:
+    answer = httpx.post(f"{server.url}/v1/translate", json={"texts": texts, **params}, timeout=60)
+    answer.raise_for_status()
+    return answer.json()["translations"]
+
+
+def test_translation_metadata_and_config(client):
+    assert client.is_model_ready("translation")
+    metadata = client.get_model_metadata("translation")
+    assert metadata["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1, 1]}]
+    assert metadata["outputs"] == [{"name": "translation", "datatype": "BYTES", "shape": [-1, 1]}]
+    config = client.get_model_config("translation")
+    assert [(o["name"], o["data_type"], o["dims"]) for o in config["output"]] == [("translation", "TYPE_STRING", [1])]
+    assert config["max_batch_size"] > 0 and "dynamic_batching" in config
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_translation_infer_equals_native(client, server, binary):
+    result = client.infer(
+        "translation",
+        [_text_input(TRANSLATION_TEXTS, binary)],
+        outputs=[httpclient.InferRequestedOutput("translation", binary_data=binary)],
+        parameters={"beam_size": 2, "max_length": 40},
+    )
+    translations = result.as_numpy("translation")
+    assert translations.shape == (len(TRANSLATION_TEXTS), 1)
+    native = _native_translate(server, TRANSLATION_TEXTS, beam_size=2, max_length=40)
+    assert _strings(translations) == native
+    assert all(native)
+
+
+def test_translation_defaults_equal_native_defaults(client, server):
+    result = client.infer("translation", [_text_input(TRANSLATION_TEXTS[:1], True)])
+    assert _strings(result.as_numpy("translation")) == _native_translate(server, TRANSLATION_TEXTS[:1])
+
+
+@pytest.mark.parametrize(
+    ("parameters", "message"),
+    [({"beam_size": 0}, "beam_size"), ({"beam_size": 9}, "beam_size"), ({"max_length": "long"}, "max_length")],
+)
+def test_translation_bad_parameters_are_400(client, parameters, message):
+    with pytest.raises(InferenceServerException) as exc:
+        client.infer("translation", [_text_input(["A dog runs."], True)], parameters=parameters)
+    assert _status(exc) == "400"
+    assert message in exc.value.message()
+
+
+def test_perf_analyzer_requests_translation(server):
+    batch, parsed = _perf_analyzer_infer(server, "translation", 2)
+    translations = [t.decode() for t in deserialize_bytes_tensor(parsed["translation"])]
+    assert translations == _native_translate(server, batch)
