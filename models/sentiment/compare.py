@@ -92,11 +92,11 @@ def table(reports: dict[str, dict]) -> list[str]:
     lines = [header, "|" + "---|" * (len(buckets) + 6)]
     for cell, report in reports.items():
         v = report["validation"]
-        accs = " | ".join(f"{v['by_length'][b]['accuracy']:.3f}" for b in buckets)
+        accs = " | ".join(_fixed(v["by_length"][b]["accuracy"]) for b in buckets)
         trained = report["gradient_reach"]["trained"]["ratio_first_to_last"]
         initial = report["gradient_reach"]["initial"]["ratio_first_to_last"]
         lines.append(
-            f"| {cell} | {v['accuracy']:.4f} | {accs} | {trained:.2e} | {initial:.2e} | "
+            f"| {cell} | {v['accuracy']:.4f} | {accs} | {_sci(trained)} | {_sci(initial)} | "
             f"{report['parameters']:,} | {report['train_seconds']:.0f} |"
         )
     return lines
@@ -107,17 +107,27 @@ def findings(reports: dict[str, dict]) -> list[str]:
     longest = bucket_name(*LENGTH_BUCKETS[-1])
     first = next(iter(reports.values()))
     n_long = first["validation"]["by_length"][longest]["n"]
-    accs = ", ".join(f"{c} {r['validation']['by_length'][longest]['accuracy']:.3f}" for c, r in reports.items())
-    ratios = ", ".join(f"{c} {r['gradient_reach']['trained']['ratio_first_to_last']:.2e}" for c, r in reports.items())
+    accs = ", ".join(f"{c} {_fixed(r['validation']['by_length'][longest]['accuracy'])}" for c, r in reports.items())
+    ratios = ", ".join(f"{c} {_sci(r['gradient_reach']['trained']['ratio_first_to_last'])}" for c, r in reports.items())
     short = bucket_name(*LENGTH_BUCKETS[0])
-    short_accs = ", ".join(f"{c} {r['validation']['by_length'][short]['accuracy']:.3f}" for c, r in reports.items())
-    p = first["validation"]["by_length"][longest]["accuracy"]
-    stderr = (p * (1 - p) / n_long) ** 0.5  # binomial standard error: how far apart is noise at this n
+    short_accs = ", ".join(f"{c} {_fixed(r['validation']['by_length'][short]['accuracy'])}" for c, r in reports.items())
+    p = first["validation"]["by_length"][longest]["accuracy"] or 0.0
+    stderr = (p * (1 - p) / max(n_long, 1)) ** 0.5  # binomial standard error: how far apart is noise at this n
     return [
         f"- Shortest items ({short} tokens): {short_accs}; longest ({longest} tokens, n={n_long}, standard error "
         f"about {stderr:.3f}): {accs}.",
         f"- Gradient from the end reaching 30 tokens back, relative to the last token (trained): {ratios}.",
     ]
+
+
+def _fixed(value: float | None) -> str:
+    """Accuracies; ``-`` where a bucket is empty (tiny runs)."""
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _sci(value: float | None) -> str:
+    """Gradient ratios; ``-`` where no dev sentence is long enough to measure one."""
+    return "-" if value is None else f"{value:.2e}"
 
 
 def render_markdown(by_variant: dict[str, dict[str, dict]], args: argparse.Namespace, extra: Sequence[str]) -> str:
