@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -233,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.run_dir, args.repository, args.version, args.overwrite, args.parity_sentences, args.tolerance
         )
     except (ExportCheckError, FileExistsError) as error:
-        print(f"lstm-serve export sentiment: FAILED: {error}")
+        print(f"lstm-serve export sentiment: FAILED: {error}", file=sys.stderr)
         return 1
     card = ModelCard.load(target)
     print(
