@@ -134,8 +134,13 @@ class DataPlane:
     def _calibrate(pipeline: Pipeline, batching: BatchingSettings) -> CostModel:
         try:
             model = calibrate(pipeline, batching.max_batch_size)
-        except Exception:  # a pipeline whose items are not token ids: keep the default cost model
-            log.warning("%s: cost calibration not possible, using the default cost model", pipeline.card.name)
+        except Exception as exc:  # e.g. a pipeline whose items need a key and that has no cost_probe of its own
+            log.info(
+                "%s: no cost calibration (%s: %s); using the default cost model",
+                pipeline.card.name,
+                type(exc).__name__,
+                exc,
+            )
             return CostModel()
         log.info(
             "%s: batch cost = %.0f µs + tokens × (%.1f µs + %.1f µs × items)",
