@@ -4,15 +4,16 @@ Requests are split into items (one text each) and queued per batching key. One w
 a batch as soon as the runtime is free and runs it in a dedicated thread (onnxruntime releases the GIL,
 so the event loop keeps parsing requests meanwhile). Batches are formed while the previous one runs
 (items pile up in the queue), so an item reaching an idle runtime runs at once: there is no fixed wait
-at low load. Only under concurrency (the previous batch held more than one item) does the worker wait,
-at most ``max_delay_ms`` after the oldest item arrived, for a batch to fill.
+at low load. Only under concurrency (the previous round held more than one item) does the worker wait,
+at most ``max_delay_ms`` after the oldest item arrived, for a round to fill.
 
 A round takes the oldest items (FIFO) up to ``max_batch_size``, sorts them by length and cuts them into
 the batches of least modelled cost (``CostModel``, calibrated on the real pipeline at warm-up), within
 ``max_batch_tokens`` padded tokens (items × longest) and ``max_padding_ratio``, run back to back:
 padding costs a recurrent model as much as text, and one batch of mixed lengths can cost more than
-running its items one by one. The queue is
-bounded: a submit that would overflow it raises ``QueueFull`` at once. Items of jobs that were cancelled
+running its items one by one.
+
+The queue is bounded: a submit that would overflow it raises ``QueueFull`` at once. Items of jobs that were cancelled
 (client gone) or whose deadline passed are dropped before they cost compute. A failing batch fails only
 its own jobs; the worker keeps running. ``close()`` refuses new work and returns once the queue is empty.
 """
