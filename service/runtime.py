@@ -101,7 +101,13 @@ class Runtime:
         sess = ort.InferenceSession(str(path), sess_options=self.session_options(), providers=providers)
         used = sess.get_providers()[0]
         if used != self.provider:
-            log.warning("%s: asked for %s, onnxruntime uses %s", path.name, self.provider, used)
+            # onnxruntime-gpu can be installed where no usable GPU or CUDA library is: it then falls back.
+            if self.options.provider == "cuda":
+                raise ProviderUnavailable(f"{path.name}: provider=cuda but onnxruntime runs it on {used}")
+            log.warning(
+                "%s: CUDA unavailable at session creation, onnxruntime uses %s; serving on CPU", path.name, used
+            )
+            self.provider = CPU  # from now on: plain session.run (valid for any session), CPU in model_info
         return sess
 
     def run(
