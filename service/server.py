@@ -10,10 +10,12 @@ import argparse
 import logging
 import signal
 from collections.abc import Sequence
+from types import FrameType
 
 import uvicorn
 
 from service.app import create_app
+from service.dataplane import DataPlane
 from service.settings import Settings
 
 
@@ -32,13 +34,30 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     return parser.parse_args(list(argv))
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, telling the dataplane the moment a stop signal arrives.
+
+    From then on ``/readyz`` answers 503 (load balancers stop routing here) and new inference requests
+    get 503 + ``Connection: close``, while everything already accepted is finished.
+    """
+
+    def __init__(self, config: uvicorn.Config, dataplane: DataPlane) -> None:
+        super().__init__(config)
+        self.dataplane = dataplane
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.dataplane.stopping = True
+        super().handle_exit(sig, frame)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv or [])
     overrides = {k: v for k, v in vars(args).items() if v is not None}
     settings = Settings(**overrides)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
@@ -47,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         timeout_graceful_shutdown=settings.graceful_timeout_s,
         lifespan="on",
     )
-    server = uvicorn.Server(config)
+    server = _Server(config, app.state.dataplane)
     # uvicorn re-raises the signal it caught once it has shut down; a no-op handler makes that re-raise
     # harmless, so a drained SIGTERM exits 0 (not -15) as orchestrators expect from a clean stop.
     signal.signal(signal.SIGTERM, lambda *_: None)

@@ -147,6 +147,12 @@ def test_sigterm_finishes_accepted_work_and_exits_0(start_server) -> None:
         thread.start()
     wait_for(server, "lstm_serve_inflight_requests", n)  # all accepted and queued
     server.process.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    try:  # intake has stopped: a new connection is refused, or answered 503
+        late = httpx.post(f"{server.url}/v1/sentiment", json={"texts": ["late"]}, timeout=10)
+        assert late.status_code == 503, late.text
+    except httpx.TransportError:
+        pass
     for thread in threads:
         thread.join(timeout=60)
     assert server.process.wait(timeout=60) == 0, server.log()[-3000:]
