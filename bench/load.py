@@ -25,7 +25,7 @@ import statistics
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -289,6 +289,21 @@ def soak(server: ServerHandle, reqs: list[bytes], seconds: float) -> dict[str, A
     return {"seconds": seconds, "samples": samples}
 
 
+def interleaved(servers: list[str], repeats: int, measure: Callable[[str, int], Run]) -> list[Run]:
+    """Each repeat measures every server, the order flipped every repeat (on,off / off,on / ...)."""
+    runs = []
+    for rep in range(repeats):
+        for name in servers if rep % 2 == 0 else servers[::-1]:
+            r = measure(name, rep)
+            runs.append(r)
+            print(
+                f"{r.mode} {r.level:g} rep={rep} {name}: {r.throughput:.0f} req/s p50 {r.p50_ms:.2f} "
+                f"p99 {r.p99_ms:.2f} ms errors {r.errors or '-'}",
+                flush=True,
+            )
+    return runs
+
+
 def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt  # so SIGTERM also stops the servers this run started (the finally below)
 
@@ -312,27 +327,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     rss: dict[str, dict[str, float]] = {n: {"loaded_mb": h.rss() / 2**20} for n, h in spawned.items()}
     try:
         for c in args.concurrency:
-            for rep in range(args.repeats):
-                order = servers if rep % 2 == 0 else servers[::-1]  # interleave: on,off / off,on / ...
-                for name in order:
-                    runs.append(run_closed(name, targets[name], reqs[name], c, args, rep))
-                    r = runs[-1]
-                    print(
-                        f"closed c={c} rep={rep} {name}: {r.throughput:.0f} req/s p50 {r.p50_ms:.2f} "
-                        f"p99 {r.p99_ms:.2f} ms errors {r.errors or '-'}",
-                        flush=True,
-                    )
+            runs += interleaved(
+                servers, args.repeats, lambda name, rep, c=c: run_closed(name, targets[name], reqs[name], c, args, rep)
+            )
         for rate in args.rates:
-            for rep in range(max(1, args.repeats // 2)):
-                order = servers if rep % 2 == 0 else servers[::-1]
-                for name in order:
-                    runs.append(run_open(name, targets[name], reqs[name], rate, args, rep))
-                    r = runs[-1]
-                    print(
-                        f"open rate={rate:g} rep={rep} {name}: {r.throughput:.0f} req/s p50 {r.p50_ms:.2f} "
-                        f"p99 {r.p99_ms:.2f} ms errors {r.errors or '-'}",
-                        flush=True,
-                    )
+            runs += interleaved(
+                servers,
+                max(1, args.repeats // 2),
+                lambda name, rep, rate=rate: run_open(name, targets[name], reqs[name], rate, args, rep),
+            )
         for name, handle in spawned.items():
             rss[name]["after_load_mb"] = handle.rss() / 2**20
         soak_result = soak(spawned["batching_on"], reqs["batching_on"], args.soak) if args.soak and spawned else None
