@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from tokenizers import Tokenizer
 from torch import nn
 from tqdm import tqdm
 
@@ -60,6 +61,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=13)
     p.add_argument("--no-progress", action="store_true", help="no progress bar (CI logs)")
+    p.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="continue from this run's best checkpoint and tokenizers (its model sizes replace the size knobs)",
+    )
     return p.parse_args(argv)
 
 
@@ -115,8 +122,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     train_src, train_tgt = load_pairs("train", args.limit)
     val_src, val_tgt = load_pairs("val", args.eval_limit)
     test_src, test_tgt = load_pairs("test_2016_flickr", args.eval_limit)
-    src_tok = train_tokenizer(train_src, args.src_vocab, append_eos=True)
-    tgt_tok = train_tokenizer(train_tgt, args.tgt_vocab, append_eos=False)
+    if args.init_from:
+        src_tok = Tokenizer.from_file(str(args.init_from / SRC_TOKENIZER))
+        tgt_tok = Tokenizer.from_file(str(args.init_from / TGT_TOKENIZER))
+    else:
+        src_tok = train_tokenizer(train_src, args.src_vocab, append_eos=True)
+        tgt_tok = train_tokenizer(train_tgt, args.tgt_vocab, append_eos=False)
     src_tok.save(str(run_dir / SRC_TOKENIZER))
     tgt_tok.save(str(run_dir / TGT_TOKENIZER))
     train_src_ids = encode_source(src_tok, train_src, args.max_src_tokens)
@@ -140,7 +151,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         cell=args.cell,
         dropout=args.dropout,
     )
-    model = Seq2Seq(cfg)
+    if args.init_from:
+        model, init_ckpt = load_checkpoint(args.init_from)
+        cfg = model.cfg
+        print(f"continuing from {args.init_from} (epoch {init_ckpt['epoch']}, val BLEU {init_ckpt['val_bleu']:.2f})")
+    else:
+        model = Seq2Seq(cfg)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {n_params / 1e6:.2f}M parameters, {cfg}", flush=True)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
