@@ -50,6 +50,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--anneal-from", type=float, default=0.6, help="with a time budget: decay lr every epoch after this fraction"
     )
+    p.add_argument(
+        "--anneal-from-epoch", type=int, default=None, help="decay lr after every epoch from this one on (fixed recipe)"
+    )
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--clip", type=float, default=1.0)
     p.add_argument("--max-src-tokens", type=int, default=128)
@@ -211,8 +214,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"no improvement for {stale} epochs: stopping", flush=True)
                 break
         elapsed_min = (time.time() - started) / 60
-        if args.time_budget_min is not None and stale == 0 and elapsed_min > args.anneal_from * args.time_budget_min:
-            # The budget, not a plateau, ends this run: anneal over its last part so the final epochs refine.
+        budget_anneal = args.time_budget_min is not None and elapsed_min > args.anneal_from * args.time_budget_min
+        epoch_anneal = args.anneal_from_epoch is not None and epoch >= args.anneal_from_epoch
+        if stale == 0 and (budget_anneal or epoch_anneal):
+            # The run ends by budget or recipe, not by plateau: anneal over its last part so the final epochs refine.
             for group in optimizer.param_groups:
                 group["lr"] *= args.lr_decay
         if args.time_budget_min is not None and elapsed_min * (epoch + 1) / epoch > args.time_budget_min:
