@@ -137,6 +137,7 @@ class Batcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batch-{model}-{version}")
         labels = (model, version)
         self._m_queue = metrics.queue_items.labels(*labels)
+        metrics.queue_capacity_items.labels(*labels).set(config.max_queue_items)
         self._m_queue_duration = metrics.queue_duration.labels(*labels)
         self._m_inference = metrics.inference_duration.labels(*labels)
         self._m_size = metrics.batch_size.labels(*labels)

@@ -70,6 +70,10 @@ class Metrics:
             f"{PREFIX}_rejected_total", "Requests or items refused, per reason.", (*mv, "reason"), registry=reg
         )
         self.queue_items = Gauge(f"{PREFIX}_queue_items", "Items waiting in the batch queue.", mv, registry=reg)
+        # The queue's bound, so alerts and dashboards read "how full" without copying the setting.
+        self.queue_capacity_items = Gauge(
+            f"{PREFIX}_queue_capacity_items", "Most items the batch queue holds before 503.", mv, registry=reg
+        )
         self.inflight_requests = Gauge(f"{PREFIX}_inflight_requests", "Requests being served.", mv, registry=reg)
         self.model_info = Gauge(
             f"{PREFIX}_model_info",

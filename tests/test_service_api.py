@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from bench.servers import ServerHandle
+from service.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SST2_LIKE = [
@@ -148,6 +149,9 @@ def test_metrics_names_labels_and_provider(live_server: ServerHandle) -> None:
     ):
         assert f"lstm_serve_{name}" in text, name
     assert 'lstm_serve_model_info{model="sentiment",provider="CPUExecutionProvider",version="1"} 1.0' in text
+    # The queue's bound is exported so alerts read "how full" (live_server runs the default settings).
+    capacity = Settings.model_fields["max_queue_items"].default
+    assert f'lstm_serve_queue_capacity_items{{model="sentiment",version="1"}} {float(capacity)}' in text
     assert 'endpoint="/v1/sentiment",model="sentiment",status="200",version="1"' in text
     allowed = {"model", "version", "endpoint", "status", "reason", "provider", "le"}
     for line in text.splitlines():

@@ -27,8 +27,8 @@ SERVER_ERROR = MODEL + ', status=~"5.."'
 # the error panel shows them too, whatever model is selected.
 NOT_OK = 'model=~"$model|", status!~"2.."'
 RATE = "[$__rate_interval]"
-# 80% of the default LSTM_SERVE_MAX_QUEUE_ITEMS (2048): the same line as the LstmServeQueueNearFull alert.
-QUEUE_ALERT_ITEMS = 1600
+# Share of a model's queue capacity (lstm_serve_queue_capacity_items): the LstmServeQueueNearFull alert's line.
+QUEUE_ALERT_FILL = 0.8
 NO_GPU = "no GPU data (CPU provider or NVML absent)"
 
 
@@ -194,11 +194,11 @@ def overview(layout: Layout) -> None:
     )
     stat(
         layout,
-        "Queued items",
-        f"sum(lstm_serve_queue_items{{{MODEL}}})",
-        "none",
-        f"Items waiting for a batch, all models. Alert above {QUEUE_ALERT_ITEMS} per model.",
-        [("green", None), ("orange", QUEUE_ALERT_ITEMS // 2), ("red", QUEUE_ALERT_ITEMS)],
+        "Queue fill",
+        f"max(lstm_serve_queue_items{{{MODEL}}} / lstm_serve_queue_capacity_items{{{MODEL}}})",
+        "percentunit",
+        f"Fullest model queue, as a share of its capacity. Alert above {QUEUE_ALERT_FILL:.0%} for 5 minutes.",
+        [("green", None), ("orange", QUEUE_ALERT_FILL / 2), ("red", QUEUE_ALERT_FILL)],
     )
     stat(
         layout,
@@ -338,17 +338,18 @@ def resources(layout: Layout) -> None:
         [
             target(f"sum by (model) (lstm_serve_queue_items{{{MODEL}}})", "{{model}} queued", "A"),
             target(f"sum by (model) (lstm_serve_inflight_requests{{{MODEL}}})", "{{model}} in flight", "B"),
+            target(
+                f"{QUEUE_ALERT_FILL} * sum by (model) (lstm_serve_queue_capacity_items{{{MODEL}}})",
+                "{{model}} alert level",
+                "C",
+            ),
         ],
-        description=f"Queued items and in-flight requests per model; the red line is the alert level "
-        f"({QUEUE_ALERT_ITEMS} = 80% of the default max_queue_items 2048).",
+        description=f"Queued items and in-flight requests per model; the alert level is {QUEUE_ALERT_FILL:.0%} "
+        "of the model's queue capacity (max_queue_items).",
         fieldConfig={
             "defaults": {
                 "unit": "none",
                 "custom": queue_line,
-                "thresholds": {
-                    "mode": "absolute",
-                    "steps": [{"color": "transparent", "value": None}, {"color": "red", "value": QUEUE_ALERT_ITEMS}],
-                },
             },
             "overrides": [],
         },
