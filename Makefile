@@ -34,8 +34,10 @@ models: $(VENV)/.installed
 	$(BIN)/lstm-serve train sentiment --out runs/sentiment
 	$(BIN)/lstm-serve export sentiment runs/sentiment --version 1 --overwrite
 	$(BIN)/lstm-serve train translation --out runs/translation-stage1 --epochs 4
-	$(BIN)/lstm-serve train translation --out runs/translation --init-from runs/translation-stage1 \
+	$(BIN)/lstm-serve train translation --out runs/translation-stage2 --init-from runs/translation-stage1 \
 		--batch-tokens 1000 --lr 1e-3 --epochs 6 --anneal-from-epoch 3
+	$(BIN)/lstm-serve train translation --out runs/translation --init-from runs/translation-stage2 \
+		--batch-tokens 1000 --lr 5e-4 --epochs 8 --anneal-from-epoch 2 --threads 2
 	$(BIN)/lstm-serve export translation runs/translation --version 1 --overwrite
 
 bench: $(VENV)/.installed
