@@ -54,6 +54,15 @@ class ServerHandle:
     def rss(self) -> int:
         return rss_bytes(self.process.pid)
 
+    def wait_for_log(self, text: str, timeout: float = 30.0) -> str:
+        """Block until ``text`` appears in the server's log (raises with the log after ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while text not in (log := self.log()):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{text!r} not logged within {timeout}s:\n{log[-4000:]}")
+            time.sleep(0.05)
+        return log
+
     def stop(self, timeout: float = 60.0) -> int:
         """SIGTERM (graceful: finish queued work) and wait; returns the exit code."""
         if self.process.poll() is None:
