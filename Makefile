@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: setup run test lint models bench clean
+.PHONY: setup run test lint models bench gpu-check clean
 
 $(BIN)/activate:
 	$(PY) -m venv $(VENV)
@@ -42,6 +42,24 @@ models: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/lstm-serve bench
+
+# Verify a GPU machine: CUDA provider in use, GPU/CPU parity for both models, GPU figures written to
+# bench/results/gpu_check.{json,png}. Swaps the venv's onnxruntime for onnxruntime-gpu (the two wheels
+# provide the same module). Where onnxruntime-gpu is already installed: make gpu-check GPU_PYTHON=python3
+GPU_PYTHON ?=
+GPU_CHECK_ARGS ?=
+ifeq ($(GPU_PYTHON),)
+gpu-check: $(VENV)/.installed-gpu
+	$(BIN)/python -m bench.gpu_check $(GPU_CHECK_ARGS)
+else
+gpu-check:
+	$(GPU_PYTHON) -m bench.gpu_check $(GPU_CHECK_ARGS)
+endif
+
+$(VENV)/.installed-gpu: $(VENV)/.installed
+	$(BIN)/pip uninstall -q -y onnxruntime
+	$(BIN)/pip install -q 'onnxruntime-gpu>=1.20' 'nvidia-ml-py>=12'
+	touch $@
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

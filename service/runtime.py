@@ -47,28 +47,52 @@ class RuntimeOptions:
     cuda_device_id: int = 0
 
 
-def cuda_available() -> bool:
-    """True when the installed onnxruntime has the CUDA provider (onnxruntime-gpu) and a GPU answers."""
-    if CUDA not in ort.get_available_providers():
+def cuda_available(available: Sequence[str] | None = None) -> bool:
+    """True when the installed onnxruntime has the CUDA provider (onnxruntime-gpu) and a GPU answers.
+
+    ``available`` replaces ``ort.get_available_providers()`` (tests inject provider lists with it).
+    """
+    if CUDA not in (ort.get_available_providers() if available is None else available):
         return False
+    if available is not None:
+        return True
     try:  # the provider can be compiled in without a usable device; ask the driver through ORT's helper
         return ort.get_device().upper() == "GPU"
     except Exception:  # any failure here just means "no GPU"
         return False
 
 
+def _preload_cuda_libraries() -> None:
+    """Load CUDA/cuDNN from the ``nvidia-*`` pip wheels when they are where the libraries come from.
+
+    onnxruntime-gpu links CUDA dynamically; in the Docker image the libraries are system-wide, but on a
+    machine whose CUDA comes as pip wheels (next to torch, say) the CUDA provider fails to load unless
+    they are preloaded. ``preload_dlls`` (onnxruntime >= 1.21) is a no-op where nothing is found.
+    """
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    try:
+        preload()
+    except Exception as exc:  # best effort: session creation reports a real failure with its own reason
+        log.info("onnxruntime.preload_dlls() failed (%s); relying on the system's CUDA libraries", exc)
+
+
 class Runtime:
     """Creates sessions on the chosen provider and runs them; shared by all pipelines of a process."""
 
-    def __init__(self, options: RuntimeOptions) -> None:
+    def __init__(self, options: RuntimeOptions, available_providers: Sequence[str] | None = None) -> None:
+        """``available_providers`` stands in for what onnxruntime reports (tests of the provider choice)."""
         self.options = options
         if options.provider == "cpu":
             self.provider = CPU
-        elif cuda_available():
+        elif cuda_available(available_providers):
             self.provider = CUDA
+            _preload_cuda_libraries()
         elif options.provider == "cuda":
+            offered = ort.get_available_providers() if available_providers is None else list(available_providers)
             raise ProviderUnavailable(
-                f"provider=cuda but onnxruntime offers {ort.get_available_providers()} "
+                f"provider=cuda but onnxruntime offers {offered} "
                 "(install the `gpu` extra, onnxruntime-gpu, on a machine with a CUDA GPU)"
             )
         else:

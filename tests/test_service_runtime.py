@@ -1,7 +1,12 @@
-"""Provider choice and session options of the onnxruntime wrapper (this machine has no GPU)."""
+"""Provider choice and session options of the onnxruntime wrapper.
+
+The provider choice is tested with injected provider lists, so every branch runs on any machine; what
+needs a real GPU is in ``tests/test_gpu.py`` (skipped on CPU machines, run by ``make gpu-check`` hosts).
+"""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import httpx
@@ -10,21 +15,49 @@ import onnxruntime as ort
 import pytest
 
 from bench.servers import launch_server
-from service.runtime import CPU, ProviderUnavailable, Runtime, RuntimeOptions, cuda_available
+from service.runtime import CPU, CUDA, ProviderUnavailable, Runtime, RuntimeOptions, cuda_available
 
 MODEL = Path(__file__).resolve().parents[1] / "model_repository" / "sentiment" / "1" / "model.onnx"
+HAS_GPU = cuda_available()
 
 
-def test_auto_falls_back_to_cpu_and_cpu_is_cpu() -> None:
-    if cuda_available():
-        pytest.fail("these tests describe a machine without a GPU; run the GPU checks instead")
-    assert Runtime(RuntimeOptions(provider="auto")).provider == CPU
+@pytest.mark.parametrize(
+    ("asked", "offered", "chosen"),
+    [
+        ("auto", [CUDA, CPU], CUDA),
+        ("auto", [CPU], CPU),
+        ("cuda", [CUDA, CPU], CUDA),
+        ("cpu", [CUDA, CPU], CPU),
+        ("cpu", [CPU], CPU),
+    ],
+)
+def test_provider_choice_follows_what_onnxruntime_offers(asked: str, offered: list[str], chosen: str) -> None:
+    runtime = Runtime(RuntimeOptions(provider=asked), available_providers=offered)  # type: ignore[arg-type]
+    assert runtime.provider == chosen
+    assert runtime.device == ("cuda" if chosen == CUDA else "cpu")
+
+
+def test_cuda_asked_where_onnxruntime_has_no_cuda_is_refused_with_the_reason() -> None:
+    with pytest.raises(ProviderUnavailable, match=r"provider=cuda but onnxruntime offers \['CPUExecutionProvider'\]"):
+        Runtime(RuntimeOptions(provider="cuda"), available_providers=[CPU])
+
+
+def test_auto_matches_this_machine() -> None:
+    assert Runtime(RuntimeOptions(provider="auto")).provider == (CUDA if HAS_GPU else CPU)
     assert Runtime(RuntimeOptions(provider="cpu")).device == "cpu"
 
 
-def test_cuda_asked_without_a_gpu_is_refused_with_the_reason() -> None:
-    with pytest.raises(ProviderUnavailable, match="provider=cuda"):
-        Runtime(RuntimeOptions(provider="cuda"))
+@pytest.mark.skipif(HAS_GPU, reason="a CUDA session really runs on CUDA here (tests/test_gpu.py)")
+def test_cuda_chosen_but_falling_back_at_session_creation_serves_on_cpu(caplog: pytest.LogCaptureFixture) -> None:
+    """onnxruntime-gpu without a usable GPU falls back to CPU when the session is made: auto follows it."""
+    runtime = Runtime(RuntimeOptions(provider="auto"), available_providers=[CUDA, CPU])
+    with caplog.at_level(logging.WARNING):
+        session = runtime.session(MODEL)
+    assert session.get_providers()[0] == CPU and runtime.provider == CPU
+    assert "CUDA unavailable at session creation" in caplog.text
+    strict = Runtime(RuntimeOptions(provider="cuda"), available_providers=[CUDA, CPU])
+    with pytest.raises(ProviderUnavailable, match="provider=cuda but onnxruntime runs it on CPUExecutionProvider"):
+        strict.session(MODEL)
 
 
 def test_sessions_get_the_chosen_options_and_run() -> None:
@@ -40,6 +73,7 @@ def test_sessions_get_the_chosen_options_and_run() -> None:
     assert probabilities.shape == (1, 2) and abs(float(probabilities.sum()) - 1.0) < 1e-5
 
 
+@pytest.mark.skipif(HAS_GPU, reason="with a GPU, provider=cuda serves (tests/test_gpu.py)")
 def test_server_with_provider_cuda_stays_alive_but_not_ready(tmp_path: Path) -> None:
     server = launch_server({"provider": "cuda"}, tmp_path, wait_for="/healthz")
     try:
