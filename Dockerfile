@@ -16,6 +16,8 @@ ARG FLAVOUR=gpu
 FROM ${PYTHON_BASE} AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY lstm_core ./lstm_core
+COPY lstm_serve ./lstm_serve
 COPY service ./service
 COPY models ./models
 COPY export ./export

@@ -16,8 +16,8 @@ path is gathered in one run that keeps going when a step fails and always writes
    (NVML utilisation sampled every 100 ms).
 
 Writes ``<out>.json`` and ``<out>.png`` (default ``bench/results/gpu_check``) and prints tables.
-``--allow-cpu`` runs the same steps on the CPU provider (small sizes with ``--quick``) so the script
-itself is exercised in CI, where no GPU exists.
+``--allow-cpu`` (or ``--provider cpu``) runs the same steps on the CPU provider (small sizes with
+``--quick``) so the script itself is exercised in CI, where no GPU exists.
 """
 
 from __future__ import annotations
@@ -54,6 +54,12 @@ CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 GPU_SERVER_SETTINGS = {"max_batch_size": 256, "max_batch_tokens": 65536, "max_queue_items": 16384}
 
 
+#: GPU vs CPU sentiment probabilities: the H200 run (2026-11-26) differed by up to 4.0e-4 on 4,096 SST-2
+#: sentences. CUDA's fp32 LSTM is not bit-equal to the CPU kernels (onnxruntime's CUDA provider allows TF32
+#: math by default on Ampere and later); what a user sees, the label, must agree.
+SENTIMENT_TOLERANCE, SENTIMENT_LABEL_AGREEMENT = 2e-3, 0.999
+
+
 class CheckFailed(AssertionError):
     """A verification step found the GPU path wrong (not merely slow)."""
 
@@ -74,13 +80,18 @@ def _latest(model: str) -> Path:
 
 def _pipeline(task: str, provider: str, threads: int = 1) -> Any:
     """A serving pipeline of the shipped model on one provider (``cuda`` must really be CUDA)."""
-    from service.model_card import ModelCard
-    from service.pipelines.base import pipeline_class
+    from lstm_core.model_card import ModelCard
+    from service.pipelines.registry import discover
     from service.runtime import Runtime, RuntimeOptions
 
     folder = _latest(task)
     runtime = Runtime(RuntimeOptions(provider=provider, intra_op_threads=threads))  # type: ignore[arg-type]
-    return pipeline_class(task)(ModelCard.load(folder), folder, runtime)
+    return discover()[task](ModelCard.load(folder), folder, runtime)
+
+
+def _params(pipeline: Any, **values: Any) -> Any:
+    """The task's own request-parameter model (what the wire validates), built from ``values``."""
+    return type(pipeline).wire.params(**values)
 
 
 def _timed(fn: Callable[[], Any], min_seconds: float, min_runs: int = 3, max_runs: int = 1000) -> float:
@@ -120,13 +131,13 @@ def check_sentiment_parity(provider: str, texts: list[str], batch: int = 64) -> 
     device, host = _pipeline("sentiment", provider), _pipeline("sentiment", "cpu", threads=4)
     diffs, same_label = [], 0
     for start in range(0, len(texts), batch):
-        items = device.preprocess(texts[start : start + batch], {})
+        items = device.preprocess(texts[start : start + batch], _params(device))
         a, b = np.stack(device.run_batch(items)), np.stack(host.run_batch(items))
         diffs.append(float(np.abs(a - b).max()))
         same_label += int((a.argmax(1) == b.argmax(1)).sum())
     out = {"texts": len(texts), "max_abs_diff": max(diffs), "label_agreement": same_label / len(texts)}
-    if out["max_abs_diff"] > 1e-4:
-        raise CheckFailed(f"sentiment probabilities differ by {out['max_abs_diff']:.2e} > 1e-4 ({provider} vs cpu)")
+    if out["max_abs_diff"] > SENTIMENT_TOLERANCE or out["label_agreement"] < SENTIMENT_LABEL_AGREEMENT:
+        raise CheckFailed(f"sentiment on {provider} vs cpu: {out} (tolerance {SENTIMENT_TOLERANCE:g})")
     return out
 
 
@@ -143,7 +154,7 @@ def check_translation_parity(provider: str, texts: list[str], refs: list[str], b
     device, host = _pipeline("translation", provider), _pipeline("translation", "cpu", threads=4)
     out: dict[str, Any] = {"texts": len(texts)}
     for beam in (1, 4):
-        params = {"beam_size": beam}
+        params = _params(device, beam_size=beam)
         same, dev_text, host_text, dev_s = 0, [], [], 0.0
         for start in range(0, len(texts), batch):
             items = device.preprocess(texts[start : start + batch], params)
@@ -161,23 +172,24 @@ def check_translation_parity(provider: str, texts: list[str], refs: list[str], b
             "bleu_cpu": _bleu(host_text, refs),
             "device_sentences_s_batch64": len(texts) / dev_s,
         }
-        if same / len(texts) < 0.98:
+        if len(texts) - same > max(2, len(texts) // 100):  # the H200 run: 1 of 1,000 differed, BLEU equal
             raise CheckFailed(f"beam {beam}: only {same}/{len(texts)} translations equal on {provider} and cpu")
     return out
 
 
 def model_throughput(provider: str, texts: list[str], sizes: Sequence[int], seconds: float) -> list[dict[str, Any]]:
     """Sequences/s of the sentiment graph through ``Runtime.run`` (the server's call) by batch size."""
-    from service.pipelines.base import pad_batch
+    from lstm_core.padding import pad_batch
+    from lstm_core.tokens import PAD_ID
 
     threads = 1 if provider == "cuda" else min(16, os.cpu_count() or 1)
     pipe = _pipeline("sentiment", provider, threads=threads)
     rng = np.random.default_rng(0)
-    encoded = [item.data for item in pipe.preprocess(texts, {})]
+    encoded = [item.data for item in pipe.preprocess(texts, _params(pipe))]
     rows = []
     for size in sizes:
         picks = rng.choice(len(encoded), size=size, replace=size > len(encoded))
-        ids, lengths = pad_batch([encoded[i] for i in picks], pipe.pad_id)
+        ids, lengths = pad_batch([encoded[i] for i in picks], PAD_ID)
         feeds = {"input_ids": ids, "lengths": lengths}
         per_batch = _timed(lambda f=feeds: pipe.runtime.run(pipe.session, [pipe.output_name], f), seconds)
         rows.append(
@@ -364,6 +376,7 @@ def _gpu_name() -> str | None:
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__.split("\n\n")[0])
     p.add_argument("--allow-cpu", action="store_true", help="run on the CPU provider when no GPU is there (CI)")
+    p.add_argument("--provider", choices=("auto", "cpu"), default="auto", help="cpu: check the CPU path even on a GPU")
     p.add_argument("--quick", action="store_true", help="small sizes and short runs (the CI test of this script)")
     p.add_argument("--skip-server", action="store_true", help="only the in-process checks")
     p.add_argument("--duration", type=float, default=5.0, help="measured seconds per load run")
@@ -383,8 +396,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv or [])
     from service.runtime import cuda_available
 
-    has_gpu = cuda_available()
-    if not has_gpu and not args.allow_cpu:
+    has_gpu = cuda_available() and args.provider == "auto"
+    if not has_gpu and not (args.allow_cpu or args.provider == "cpu"):
         print("gpu-check: onnxruntime offers no CUDA provider here (install onnxruntime-gpu on a GPU machine)")
         return 2
     provider = "cuda" if has_gpu else "cpu"

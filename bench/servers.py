@@ -98,7 +98,7 @@ def launch_server(
     log_path = log_dir / f"server-{port}.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve"],
+            [sys.executable, "-m", "service"],
             cwd=REPO_ROOT,
             env=env,
             stdout=log_file,

@@ -6,7 +6,8 @@ import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
-from service.model_card import ModelCard, sha256_of
+from lstm_core.checksums import sha256_of
+from lstm_core.model_card import ModelCard
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REPOSITORY = REPO_ROOT / "model_repository"

@@ -24,23 +24,27 @@ import torch
 from tokenizers import Tokenizer
 
 from export.repository import DEFAULT_REPOSITORY, next_version, publish_version, utc_now
+from lstm_core.cost import CARD_KEY, CostModel, InconsistentTimings, ProbeShape, fit_cost_model
+from lstm_core.encoding import encode_words
+from lstm_core.graphs import SENTIMENT_FILE, SENTIMENT_INPUTS, SENTIMENT_OUTPUTS
+from lstm_core.model_card import DatasetInfo, GraphSpec, ModelCard, TensorSpec
+from lstm_core.padding import pad_batch
+from lstm_core.tokens import UNK_ID
 from models.common.runs import git_commit
 from models.sentiment import LABELS
 from models.sentiment.data import load_split
 from models.sentiment.model import ModelConfig, ProbabilityHead, SentimentClassifier
 from models.sentiment.train import CHECKPOINT, TOKENIZER
-from models.text import encode_ids, pad_batch
-from service.model_card import DatasetInfo, GraphSpec, ModelCard, TensorSpec
 
 MODEL_NAME = "sentiment"
-ONNX_FILE = "model.onnx"
+ONNX_FILE = SENTIMENT_FILE
 OPSET = 17
 GRAPH = GraphSpec(
     inputs=[
-        TensorSpec(name="input_ids", dtype="INT64", shape=[-1, -1]),
-        TensorSpec(name="lengths", dtype="INT64", shape=[-1]),
+        TensorSpec(name=SENTIMENT_INPUTS[0], dtype="INT64", shape=[-1, -1]),
+        TensorSpec(name=SENTIMENT_INPUTS[1], dtype="INT64", shape=[-1]),
     ],
-    outputs=[TensorSpec(name="probabilities", dtype="FP32", shape=[-1, len(LABELS)])],
+    outputs=[TensorSpec(name=SENTIMENT_OUTPUTS[0], dtype="FP32", shape=[-1, len(LABELS)])],
 )
 SERVED_INPUTS = [TensorSpec(name="text", dtype="BYTES", shape=[-1, 1])]
 SERVED_OUTPUTS = [
@@ -78,7 +82,7 @@ def load_run(run_dir: Path) -> tuple[SentimentClassifier, dict, Tokenizer]:
 def parity_sentences(tokenizer: Tokenizer, max_length: int, count: int) -> list[list[int]]:
     """``count`` dev sentences spread evenly over the length range (shortest to longest)."""
     texts = load_split("dev").texts
-    ids = encode_ids(tokenizer, texts, max_length)
+    ids = encode_words(tokenizer, texts, max_length)
     order = np.argsort([len(s) for s in ids], kind="stable")
     picks = np.linspace(0, len(order) - 1, num=min(count, len(order))).round().astype(int)
     return [ids[order[i]] for i in picks]
@@ -99,9 +103,10 @@ def export_onnx(model: SentimentClassifier, sample: list[list[int]], path: Path)
             ProbabilityHead(model).eval(),  # a module in train mode is put back in train mode after export
             (input_ids, lengths),
             str(path),
-            input_names=["input_ids", "lengths"],
-            output_names=["probabilities"],
-            dynamic_axes={"input_ids": {0: "batch", 1: "time"}, "lengths": {0: "batch"}, "probabilities": {0: "batch"}},
+            input_names=list(SENTIMENT_INPUTS),
+            output_names=list(SENTIMENT_OUTPUTS),
+            dynamic_axes={name: {0: "batch"} for name in (*SENTIMENT_INPUTS, *SENTIMENT_OUTPUTS)}
+            | {SENTIMENT_INPUTS[0]: {0: "batch", 1: "time"}},
             opset_version=OPSET,
             dynamo=False,
         )
@@ -113,9 +118,9 @@ def check_graph(session: ort.InferenceSession) -> None:
     found = [(i.name, i.type, len(i.shape)) for i in session.get_inputs()]
     found += [(o.name, o.type, len(o.shape)) for o in session.get_outputs()]
     expected = [
-        ("input_ids", "tensor(int64)", 2),
-        ("lengths", "tensor(int64)", 1),
-        ("probabilities", "tensor(float)", 2),
+        (SENTIMENT_INPUTS[0], "tensor(int64)", 2),
+        (SENTIMENT_INPUTS[1], "tensor(int64)", 1),
+        (SENTIMENT_OUTPUTS[0], "tensor(float)", 2),
     ]
     if found != expected:
         raise ExportCheckError(f"exported graph has inputs/outputs {found}, expected {expected}")
@@ -123,7 +128,7 @@ def check_graph(session: ort.InferenceSession) -> None:
 
 def run_onnx(session: ort.InferenceSession, sequences: Sequence[Sequence[int]]) -> np.ndarray:
     input_ids, lengths = pad_batch(sequences)
-    return session.run(["probabilities"], {"input_ids": input_ids, "lengths": lengths})[0]
+    return session.run(list(SENTIMENT_OUTPUTS), dict(zip(SENTIMENT_INPUTS, (input_ids, lengths), strict=True)))[0]
 
 
 def check_parity(model: SentimentClassifier, session: ort.InferenceSession, sequences: list[list[int]]) -> dict:
@@ -142,7 +147,25 @@ def check_parity(model: SentimentClassifier, session: ort.InferenceSession, sequ
     }
 
 
-def model_card(checkpoint: dict, parity: dict, version: str) -> ModelCard:
+def measure_cost(session: ort.InferenceSession) -> CostModel | None:
+    """The batcher's cost constants for this graph on this machine, written to ``serving.cost_model``.
+
+    Batches of ``[UNK]`` rows: the graph's cost depends on the shape only, not on which ids it reads.
+    None (and a warning) when the timings do not fit; the service then measures at warm-up only.
+    """
+
+    def prepare(size: int, length: int):
+        rows = [[UNK_ID] * length] * size
+        return lambda: run_onnx(session, rows)
+
+    try:
+        return fit_cost_model(prepare, ProbeShape())
+    except InconsistentTimings as exc:
+        print(f"warning: no cost model in the card, timings inconsistent: {exc}", file=sys.stderr)
+        return None
+
+
+def model_card(checkpoint: dict, parity: dict, version: str, cost: CostModel | None) -> ModelCard:
     """``model.json`` from what the run recorded and what the export measured."""
     report = checkpoint["report"]
     validation = report["validation"]
@@ -188,6 +211,7 @@ def model_card(checkpoint: dict, parity: dict, version: str) -> ModelCard:
         parity=parity,
         created=utc_now(),
         git_commit=git_commit(),
+        serving={CARD_KEY: cost.to_card()} if cost else {},
     )
 
 
@@ -222,7 +246,9 @@ def export_run(
                 "not publishing"
             )
         shutil.copyfile(run_dir / TOKENIZER, staging / TOKENIZER)
-        return publish_version(staging, model_card(checkpoint, parity, version), repository, overwrite=overwrite)
+        return publish_version(
+            staging, model_card(checkpoint, parity, version, measure_cost(session)), repository, overwrite=overwrite
+        )
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -24,23 +24,26 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from export.repository import DEFAULT_REPOSITORY, next_version, publish_version, utc_now
-from models.common.runs import git_commit
-from models.datasets import CHECKSUMS
-from models.translation.data import data_files, load_pairs
-from models.translation.decode import bleu, search_ids
-from models.translation.model import Seq2Seq
-from models.translation.subwords import decode_target, encode_source
-from models.translation.train import CHECKPOINT, SRC_TOKENIZER, TGT_TOKENIZER, load_checkpoint
-from service.model_card import DatasetInfo, GraphSpec, ModelCard, TensorSpec
-from service.pipelines.translation_runtime import (
+from lstm_core.cost import CARD_KEY, CostModel, InconsistentTimings, fit_cost_model
+from lstm_core.encoding import encode_source, probe_source
+from lstm_core.graphs import (
     DECODER_FILE,
     DECODER_INPUTS,
     DECODER_OUTPUTS,
     ENCODER_FILE,
     ENCODER_INPUTS,
     ENCODER_OUTPUTS,
-    Seq2SeqRuntime,
 )
+from lstm_core.model_card import DatasetInfo, GraphSpec, ModelCard, TensorSpec
+from lstm_core.tokens import SPECIAL_TOKENS
+from lstm_core.translation_runtime import COST_PROBE, Seq2SeqRuntime
+from models.common.runs import git_commit
+from models.datasets import CHECKSUMS
+from models.translation.data import data_files, load_pairs
+from models.translation.decode import bleu, search_ids
+from models.translation.model import Seq2Seq
+from models.translation.subwords import decode_target
+from models.translation.train import CHECKPOINT, SRC_TOKENIZER, TGT_TOKENIZER, load_checkpoint
 
 OPSET = 17
 MIN_FP16_ELEMENTS = 1024  # small tensors (biases) stay fp32: no size to win, no precision to lose
@@ -260,6 +263,24 @@ def exported_bleu(runtime: Seq2SeqRuntime, src_tok: Tokenizer, tgt_tok: Tokenize
     return scores
 
 
+def measure_cost(runtime: Seq2SeqRuntime, src_tok: Tokenizer, beam_size: int, alpha: float) -> CostModel | None:
+    """The batcher's cost constants (``serving.cost_model``): full searches over a typical caption cut to length.
+
+    The batcher's length is the source length; decoding runs about as many steps as the source has
+    tokens, at the default beam. None (and a warning) when the timings do not fit.
+    """
+
+    def prepare(size: int, length: int):
+        rows = [probe_source(src_tok, length)] * size
+        return lambda: runtime.search(rows, beam_size, length, alpha)
+
+    try:
+        return fit_cost_model(prepare, COST_PROBE)
+    except InconsistentTimings as exc:
+        print(f"warning: no cost model in the card, timings inconsistent: {exc}", flush=True)
+        return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     run_dir: Path = args.run_dir
@@ -284,6 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics = {"val_bleu_greedy_torch": ckpt.get("val_bleu"), "epoch": ckpt.get("epoch")}
         if not args.skip_bleu:
             metrics |= exported_bleu(runtime, src_tok, tgt_tok, "test_2016_flickr", args)
+        cost = measure_cost(runtime, src_tok, args.beam_size, args.alpha)
         metrics |= {"beam_size": args.beam_size, "length_penalty_alpha": args.alpha, "bleu": "sacrebleu 13a, cased"}
         print(f"metrics: {metrics}", flush=True)
         report = _read_report(run_dir)
@@ -311,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "train_seconds": report.get("train_seconds"),
                 "parameters": sum(p.numel() for p in model.parameters()),
                 "checkpoint": CHECKPOINT,
-                "special_tokens": {"[PAD]": 0, "[UNK]": 1, "[BOS]": 2, "[EOS]": 3},
+                "special_tokens": {token: i for i, token in enumerate(SPECIAL_TOKENS)},
                 "source_tokenizer": SRC_TOKENIZER,
                 "target_tokenizer": TGT_TOKENIZER,
                 "max_source_tokens": int(ckpt.get("args", {}).get("max_src_tokens", 128)),
@@ -320,7 +342,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parity=parity,
             created=utc_now(),
             git_commit=git_commit(),
-            serving={"default_beam_size": args.beam_size, "length_penalty_alpha": args.alpha},
+            serving={"default_beam_size": args.beam_size, "length_penalty_alpha": args.alpha}
+            | ({CARD_KEY: cost.to_card()} if cost else {}),
         )
         staging.chmod(0o755)  # mkdtemp makes it private; the served folder must be readable like any other
         target = publish_version(staging, card, args.repository, overwrite=args.overwrite)

@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from service.model_card import sha256_of
+from lstm_core.checksums import sha256_of
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

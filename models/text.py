@@ -10,15 +10,11 @@ and serving see identical tokens.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
-import numpy as np
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
 
-PAD_TOKEN = "[PAD]"
-UNK_TOKEN = "[UNK]"
-PAD_ID = 0
-UNK_ID = 1
+from lstm_core.tokens import PAD, PAD_ID, UNK, UNK_ID
 
 # PTB splits these clitics off the word before them: "it's" -> "it 's", "don't" -> "do n't".
 _CLITICS = ("'s", "'re", "'ve", "'ll", "'d", "'m")
@@ -62,33 +58,17 @@ def ptb_pre_tokenizer() -> pre_tokenizers.PreTokenizer:
 def train_word_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int) -> Tokenizer:
     """A WordLevel tokenizer over the PTB normalisation, ``[PAD]`` = 0 and ``[UNK]`` = 1.
 
-    No padding or truncation is configured inside it: the service pads batches itself and truncates to
-    the model card's ``max_length``, so the saved file carries only the text -> ids definition.
+    No padding or truncation is configured inside it: ``lstm_core.encoding.encode_words`` truncates and
+    ``lstm_core.padding.pad_batch`` pads, for training and serving alike, so the saved file carries only
+    the text -> ids definition.
     """
-    tokenizer = Tokenizer(models.WordLevel(unk_token=UNK_TOKEN))
+    tokenizer = Tokenizer(models.WordLevel(unk_token=UNK))
     tokenizer.normalizer = ptb_normalizer()
     tokenizer.pre_tokenizer = ptb_pre_tokenizer()
     trainer = trainers.WordLevelTrainer(
-        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[PAD_TOKEN, UNK_TOKEN], show_progress=False
+        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[PAD, UNK], show_progress=False
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
-    if tokenizer.token_to_id(PAD_TOKEN) != PAD_ID or tokenizer.token_to_id(UNK_TOKEN) != UNK_ID:
+    if tokenizer.token_to_id(PAD) != PAD_ID or tokenizer.token_to_id(UNK) != UNK_ID:
         raise RuntimeError("special tokens did not get ids 0 ([PAD]) and 1 ([UNK])")
     return tokenizer
-
-
-def encode_ids(tokenizer: Tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
-    """Token ids per text, truncated to ``max_length``; an empty result becomes ``[UNK]``.
-
-    This is exactly what the service does before padding, so evaluation numbers hold for served text.
-    """
-    return [(enc.ids[:max_length] or [UNK_ID]) for enc in tokenizer.encode_batch(list(texts))]
-
-
-def pad_batch(sequences: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pad with ``[PAD]`` into an int64 ``[batch, longest]`` array plus the int64 real lengths."""
-    lengths = np.array([len(s) for s in sequences], dtype=np.int64)
-    ids = np.full((len(sequences), int(lengths.max(initial=1))), PAD_ID, dtype=np.int64)
-    for row, seq in enumerate(sequences):
-        ids[row, : len(seq)] = seq
-    return ids, lengths

@@ -8,7 +8,7 @@ at low load. Only under concurrency (the previous round held more than one item)
 at most ``max_delay_ms`` after the oldest item arrived, for a round to fill.
 
 A round takes the oldest items (FIFO) up to ``max_batch_size``, sorts them by length and cuts them into
-the batches of least modelled cost (``CostModel``, calibrated on the real pipeline at warm-up), within
+the batches of least modelled cost (``lstm_core.cost.CostModel``: measured at export, again at warm-up), within
 ``max_batch_tokens`` padded tokens (items × longest) and ``max_padding_ratio``, run back to back:
 padding costs a recurrent model as much as text, and one batch of mixed lengths can cost more than
 running its items one by one.
@@ -27,66 +27,21 @@ from collections import deque
 from collections.abc import Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
+from lstm_core.cost import CostModel
 from service.errors import BatchFailed, QueueFull, ShuttingDown
 from service.metrics import Metrics
-from service.pipelines.base import Item, Pipeline
+from service.pipelines.base import Item
 from service.settings import BatchingSettings
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class CostModel:
-    """Time of one batch of ``size`` items padded to ``length`` tokens: ``run + length × (step + row × size)``.
+class BatchRunner(Protocol):
+    """What the batcher needs of a pipeline: run one batch, one output per item (tests pass a fake)."""
 
-    Why a model: for a recurrent net every time step costs a fixed part (``step``) plus a part per row
-    (``row``), and every ``session.run`` a fixed ``run``. Padding costs ``row`` per padded token, a
-    split costs another ``run`` and the shorter batch's ``step``s; the batcher cuts a round where the
-    sum is least. The defaults are the shipped sentiment biLSTM's on a 2-core CPU (seconds, measured);
-    ``calibrate`` measures the served pipeline at warm-up.
-    """
-
-    run: float = 67e-6
-    step: float = 3e-6
-    row: float = 8.5e-6
-
-    def batch_cost(self, size: int, length: int) -> float:
-        return self.run + length * (self.step + self.row * size)
-
-
-def calibrate(pipeline: Pipeline, max_batch_size: int, repeats: int = 7) -> CostModel:
-    """Fit ``CostModel`` from timed batches (1×1, 1×T, B×T tokens, ``Pipeline.cost_probe``) of the real pipeline.
-
-    Blocking: call in a thread after warm-up. Falls back to the defaults when the timings are not
-    consistent (e.g. a pipeline whose cost is not driven by input length).
-    """
-    length = max(2, min(64, pipeline.card.max_length))
-    size = max(2, min(max_batch_size, 32))
-
-    def timed(batch: int, tokens: int) -> float:
-        items = pipeline.cost_probe(batch, tokens)
-        runs = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            pipeline.run_batch(items)
-            runs.append(time.perf_counter() - started)
-        return min(runs)  # the least disturbed run: the CPU is shared, noise only ever adds time
-
-    t_one, t_long, t_wide = timed(1, 1), timed(1, length), timed(size, length)
-    per_step = (t_long - t_one) / (length - 1)  # step + row
-    row = (t_wide - t_long) / (length * (size - 1))
-    if per_step <= 0 or row <= 0:
-        log.warning(
-            "cost calibration inconsistent (%.1f, %.1f, %.1f µs): using defaults",
-            t_one * 1e6,
-            t_long * 1e6,
-            t_wide * 1e6,
-        )
-        return CostModel()
-    # A batched row-step may cost as much as a lone one (long sequences): then only `run` is shared.
-    return CostModel(run=max(t_one - per_step, 0.0), step=max(per_step - row, 0.0), row=row)
+    def run_batch(self, items: Sequence[Item]) -> list[Any]: ...
 
 
 @dataclass(eq=False, slots=True)
@@ -117,16 +72,16 @@ class Batcher:
 
     def __init__(
         self,
-        pipeline: Pipeline,
+        pipeline: BatchRunner,
         config: BatchingSettings,
         metrics: Metrics,
         model: str,
         version: str,
-        cost_model: CostModel | None = None,
+        cost_model: CostModel,
     ) -> None:
         self.pipeline = pipeline
         self.config = config
-        self.cost_model = cost_model or CostModel()
+        self.cost_model = cost_model
         self._queues: dict[Hashable, deque[_Queued]] = {}
         self._count = 0
         self._wakeup = asyncio.Event()

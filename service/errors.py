@@ -28,10 +28,6 @@ class InvalidInput(ServiceError):
     status_code = 422
 
 
-class BodyTooLarge(ServiceError):
-    status_code = 413
-
-
 class ModelNotFound(ServiceError):
     status_code = 404
 

@@ -30,8 +30,6 @@ SIZE_BUCKETS = tuple(float(2**i) for i in range(11))  # 1 .. 1024 items
 TOKEN_BUCKETS = tuple(float(2**i) for i in range(18))  # 1 .. 131072 padded tokens
 RATIO_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
-REJECT_REASONS = ("queue_full", "timeout", "cancelled", "invalid")
-
 
 class Metrics:
     """All collectors of one app, on one registry."""

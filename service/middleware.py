@@ -3,21 +3,20 @@
 Metrics are taken here rather than in handlers so that requests FastAPI rejects before a handler runs
 (malformed JSON, wrong types) are counted too. The ``endpoint`` label is the route template FastAPI
 matched (never the raw path), ``model``/``version`` come from the route: a path parameter, or the task
-a native route serves.
+a native route serves (``route_tasks``, built from the task registry: no task is named here).
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Mapping
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import error_response
 from service.metrics import Metrics
+from service.registry import ModelRegistry
 
-# Native routes serve a task rather than naming a model in the path.
-ROUTE_TASKS = {"/v1/sentiment": "sentiment", "/v1/translate": "translation"}
 UNMATCHED = "unmatched"
 
 
@@ -71,10 +70,18 @@ class BodyLimitMiddleware:
 class MetricsMiddleware:
     """``requests_total``/``request_duration_seconds`` per endpoint and status; ``rejected_total{invalid}``."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, dataplane: Any, skip: tuple[str, ...] = ("/metrics",)) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: Metrics,
+        registry: ModelRegistry,
+        route_tasks: Mapping[str, str],
+        skip: tuple[str, ...] = ("/metrics",),
+    ) -> None:
         self.app = app
         self.metrics = metrics
-        self.dataplane = dataplane
+        self.registry = registry
+        self.route_tasks = dict(route_tasks)  # native route -> the task it serves (they name no model in the path)
         self.skip = set(skip)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -98,7 +105,7 @@ class MetricsMiddleware:
         route = scope.get("route")
         endpoint = getattr(route, "path", None)
         if endpoint is None:  # answered before routing (e.g. the body limit): name only known routes
-            endpoint = scope["path"] if scope["path"] in ROUTE_TASKS else UNMATCHED
+            endpoint = scope["path"] if scope["path"] in self.route_tasks else UNMATCHED
         model, version = self._model_of(scope, endpoint)
         labels = (model, version, endpoint, str(status))
         self.metrics.requests_total.labels(*labels).inc()
@@ -110,14 +117,14 @@ class MetricsMiddleware:
         params = scope.get("path_params") or {}
         name = params.get("model_name") or params.get("model")
         if name is None:
-            task = ROUTE_TASKS.get(endpoint)
+            task = self.route_tasks.get(endpoint)
             if task is None:
                 return "", ""
-            served = next((m for m in self.dataplane.models.values() if m.task == task), None)
+            served = next((m for m in self.registry.models.values() if m.task == task), None)
             return (served.name, served.version) if served else (task, "")
         # Names and versions in the path are whatever clients send: label only what is served, so a
         # scan of /v2/models/<random> cannot create a time series per guess.
-        served = self.dataplane.models.get(name)
+        served = self.registry.models.get(name)
         if served is None:
             return "", ""
         version = params.get("model_version") or params.get("version")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from service.model_card import MODEL_CARD_FILENAME, ModelCard
+from lstm_core.model_card import MODEL_CARD_FILENAME, ModelCard
 
 log = logging.getLogger(__name__)
 

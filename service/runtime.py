@@ -11,17 +11,26 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import onnxruntime as ort
 
-log = logging.getLogger(__name__)
+from service.runtime_options import GraphOptimization, ProviderChoice, RuntimeOptions
 
-ProviderChoice = Literal["auto", "cuda", "cpu"]
-GraphOptimization = Literal["disable", "basic", "extended", "all"]
+# RuntimeOptions and its Literals live in runtime_options (settings reads them without loading onnxruntime).
+__all__ = [
+    "CPU",
+    "CUDA",
+    "GraphOptimization",
+    "ProviderChoice",
+    "ProviderUnavailable",
+    "Runtime",
+    "RuntimeOptions",
+    "cuda_available",
+]
+
+log = logging.getLogger(__name__)
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -36,15 +45,6 @@ _OPT_LEVELS = {
 
 class ProviderUnavailable(RuntimeError):
     """``provider=cuda`` was asked for but onnxruntime cannot run on a GPU here."""
-
-
-@dataclass(frozen=True, slots=True)
-class RuntimeOptions:
-    provider: ProviderChoice = "auto"
-    intra_op_threads: int = 1
-    inter_op_threads: int = 1
-    graph_optimization: GraphOptimization = "all"
-    cuda_device_id: int = 0
 
 
 def cuda_available(available: Sequence[str] | None = None) -> bool:

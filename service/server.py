@@ -1,4 +1,4 @@
-"""``lstm-serve serve``: uvicorn on the model repository, with graceful shutdown.
+"""``lstm-serve serve`` (or ``python -m service``): uvicorn on the model repository, with graceful shutdown.
 
 On SIGTERM (or Ctrl-C) uvicorn stops accepting connections and lets in-flight requests finish (up to
 ``graceful_timeout_s``), then the app's lifespan drains the batch queues; the process exits 0.
@@ -15,7 +15,7 @@ from types import FrameType
 import uvicorn
 
 from service.app import create_app
-from service.dataplane import DataPlane
+from service.registry import ModelRegistry
 from service.settings import Settings
 
 
@@ -35,18 +35,18 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server, telling the dataplane the moment a stop signal arrives.
+    """uvicorn's server, telling the model registry the moment a stop signal arrives.
 
     From then on ``/readyz`` answers 503 (load balancers stop routing here) and new inference requests
     get 503 + ``Connection: close``, while everything already accepted is finished.
     """
 
-    def __init__(self, config: uvicorn.Config, dataplane: DataPlane) -> None:
+    def __init__(self, config: uvicorn.Config, registry: ModelRegistry) -> None:
         super().__init__(config)
-        self.dataplane = dataplane
+        self.registry = registry
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        self.dataplane.stopping = True
+        self.registry.begin_shutdown()
         super().handle_exit(sig, frame)
 
 
@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         timeout_graceful_shutdown=settings.graceful_timeout_s,
         lifespan="on",
     )
-    server = _Server(config, app.state.dataplane)
+    server = _Server(config, app.state.registry)
     # uvicorn re-raises the signal it caught once it has shut down; a no-op handler makes that re-raise
     # harmless, so a drained SIGTERM exits 0 (not -15) as orchestrators expect from a clean stop.
     signal.signal(signal.SIGTERM, lambda *_: None)

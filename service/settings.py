@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
-from service.runtime import GraphOptimization, ProviderChoice, RuntimeOptions
+from service.runtime_options import GraphOptimization, ProviderChoice, RuntimeOptions
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ENV_PREFIX = "LSTM_SERVE_"
@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(2000, ge=1, description="most characters in one text")
     max_body_bytes: int = Field(1_048_576, ge=1, description="largest request body; larger: 413")
     warmup: bool = Field(True, description="run warm-up batches over the length buckets before ready")
+    task_modules: list[str] = Field(
+        default_factory=list,
+        description='more modules that register task pipelines, JSON: ["my_tasks.ner"] (service/pipelines/: always)',
+    )
     graceful_timeout_s: float = Field(30.0, ge=0, description="on SIGTERM, longest wait for queued work")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="log level")
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: REAL servers (``python -m service.cli serve`` subprocesses) on loopback.
+"""Shared fixtures: REAL servers (``python -m service`` subprocesses, what ``lstm-serve serve`` runs) on loopback.
 
 ``start_server(**overrides)`` starts (or reuses, for the same overrides) a server with extra
 ``LSTM_SERVE_*`` settings, e.g. ``start_server(max_batch_size=1)`` -> ``LSTM_SERVE_MAX_BATCH_SIZE=1``,

@@ -1,7 +1,8 @@
-"""The dynamic batcher on the real shipped sentiment model (real tokenizer, real onnxruntime session).
+"""The dynamic batcher around a pure-Python fake pipeline: no model file, no onnxruntime.
 
-The pipeline is the real ``SentimentPipeline`` with a gate in front of ``run_batch``: the test decides
-when the runtime is busy, so queueing, dropping and draining can be observed deterministically.
+The fake records every batch it runs and waits on a gate the test controls, so queueing, grouping,
+dropping and draining are observed deterministically. Assertions are on what ran, in which batches
+and in which order; none is on how long anything took.
 """
 
 from __future__ import annotations
@@ -10,181 +11,182 @@ import asyncio
 import threading
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
+from lstm_core.cost import CostModel
 from service.batching import Batcher
 from service.errors import BatchFailed, QueueFull, ShuttingDown
 from service.metrics import Metrics
 from service.pipelines.base import Item
-from service.pipelines.sentiment import SentimentPipeline
-from service.repository import check_version
-from service.runtime import Runtime, RuntimeOptions
 from service.settings import BatchingSettings
 
-SHIPPED = Path(__file__).resolve().parents[1] / "model_repository" / "sentiment" / "1"
-TEXTS = [
-    "a gorgeous , witty , seductive movie .",
-    "the plot is nothing but boilerplate clichés from start to finish",
-    "it 's a charming and often affecting journey .",
-    "unfunny and lame .",
-    "one of the greatest family-oriented , fantasy-adventure movies ever .",
-    "bad",
-]
+# The shipped sentiment biLSTM's constants on a 2-core CPU: any measured model would do here.
+COST = CostModel(run=67e-6, step=3e-6, row=8.5e-6)
+FAR = 3600.0  # a deadline or delay no test can reach: if the batcher waited for it, the test would hang
 
 
-class GatedSentiment(SentimentPipeline):
-    """The real pipeline, recording each batch and waiting on ``gate`` before running it."""
+class FakePipeline:
+    """Echoes each item's data; records each batch's (data, length) pairs; ``gate`` decides when it may run."""
 
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
+    def __init__(self) -> None:
         self.gate = threading.Event()
         self.gate.set()
-        self.batches: list[list[int]] = []  # lengths of the items of each batch run
         self.started = threading.Event()
+        self.batches: list[list[tuple[Any, int]]] = []
 
     def run_batch(self, items: Sequence[Item]) -> list[Any]:
         self.started.set()
-        self.gate.wait(timeout=30)
-        self.batches.append([item.length for item in items])
-        return super().run_batch(items)
+        assert self.gate.wait(timeout=30), "the test never opened the gate"
+        self.batches.append([(item.data, item.length) for item in items])
+        if any(item.data == "boom" for item in items):
+            raise RuntimeError("a real inference failure")
+        return [f"out:{item.data}" for item in items]
+
+    def lengths(self) -> list[list[int]]:
+        return [[length for _, length in batch] for batch in self.batches]
 
 
-@pytest.fixture(scope="module")
-def pipeline() -> GatedSentiment:
-    mv = check_version("sentiment", "1", SHIPPED)
-    assert mv.problem is None, mv.problem
-    return GatedSentiment(mv.card, mv.folder, Runtime(RuntimeOptions(provider="cpu")))
+def items(*texts: str, key: Any = None) -> list[Item]:
+    """One item per text, its length the number of words (as a tokenizer would count)."""
+    return [Item(text, len(text.split()), key) for text in texts]
 
 
-def make_batcher(pipeline: GatedSentiment, **overrides: Any) -> Batcher:
+def deadline() -> float:
+    return time.monotonic() + FAR
+
+
+@pytest.fixture
+def fake() -> FakePipeline:
+    return FakePipeline()
+
+
+def make_batcher(fake: FakePipeline, **overrides: Any) -> Batcher:
     config = {"max_batch_size": 8, "max_batch_tokens": 4096, "max_delay_ms": 0.0, "max_padding_ratio": 1.0}
     config["max_queue_items"] = 64
     config.update(overrides)
-    pipeline.gate.set()
-    pipeline.started.clear()
-    pipeline.batches.clear()
-    batcher = Batcher(pipeline, BatchingSettings(**config), Metrics(), "sentiment", "1")
+    batcher = Batcher(fake, BatchingSettings(**config), Metrics(), "fake", "1", COST)
     batcher.start()
     return batcher
 
 
-def far() -> float:
-    return time.monotonic() + 60
+async def busy(batcher: Batcher, fake: FakePipeline) -> Any:
+    """Occupy the runtime with one item (the gate closed) and return its job once it is running."""
+    fake.gate.clear()
+    job = batcher.submit(items("blocker"), deadline())
+    await asyncio.to_thread(fake.started.wait, 30)
+    return job
 
 
-async def until(predicate: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.001)
-
-
-async def test_results_match_unbatched_and_requests_coalesce(pipeline: GatedSentiment) -> None:
-    expected = [pipeline.run_batch(pipeline.preprocess([t], {}))[0] for t in TEXTS]
-    batcher = make_batcher(pipeline)
-    pipeline.gate.clear()  # the runtime is busy with a first request while the others arrive
-    first = batcher.submit(pipeline.preprocess(TEXTS[:1], {}), far())
-    await asyncio.to_thread(pipeline.started.wait, 5)
-    jobs = [batcher.submit(pipeline.preprocess([t], {}), far()) for t in TEXTS[1:]]
-    pipeline.gate.set()
-    results = [(await first.future)[0]] + [(await job.future)[0] for job in jobs]
+async def test_results_come_back_in_order_and_queued_requests_coalesce(fake: FakePipeline) -> None:
+    batcher = make_batcher(fake)
+    blocker = await busy(batcher, fake)
+    texts = ["a b c", "d", "e f", "g h i j", "k"]
+    jobs = [batcher.submit(items(t), deadline()) for t in texts]
+    many = batcher.submit(items("x y", "z"), deadline())
+    fake.gate.set()
+    assert await blocker.future == ["out:blocker"]
+    assert [await job.future for job in jobs] == [[f"out:{t}"] for t in texts]
+    assert await many.future == ["out:x y", "out:z"]  # a request's results in its own order
     await batcher.close()
-    for got, want in zip(results, expected, strict=True):
-        np.testing.assert_allclose(got, want, atol=1e-5)
-    assert pipeline.batches[0] == [len(pipeline.preprocess(TEXTS[:1], {})[0].data)]
-    rest = pipeline.batches[1:]  # the five texts queued meanwhile ran as one round, sorted by length
-    assert sum(len(b) for b in rest) == 5 and len(rest) < 5, pipeline.batches
-    flat = [n for batch in rest for n in batch]
-    assert flat == sorted(flat)
+    # The blocker, then everything queued meanwhile as one round: sorted by length and cut where the
+    # cost model says two batches are cheaper than one padded to 4 tokens.
+    assert fake.lengths() == [[1], [1, 1, 1, 2, 2], [3, 4]]
 
 
-async def test_length_groups_respect_padding_ratio_and_sizes(pipeline: GatedSentiment) -> None:
-    batcher = make_batcher(pipeline, max_batch_size=4, max_padding_ratio=0.25)
-    pipeline.gate.clear()
-    blocker = batcher.submit(pipeline.preprocess(["x"], {}), far())
-    await asyncio.to_thread(pipeline.started.wait, 5)
-    lengths = [2, 30, 3, 31, 2, 29, 3, 30]  # two rounds of 4, each cut into short and long groups
-    items = [Item(np.full(n, 5, dtype=np.int64), n) for n in lengths]
-    job = batcher.submit(items, far())
-    pipeline.gate.set()
+async def test_length_groups_respect_padding_ratio_and_sizes(fake: FakePipeline) -> None:
+    batcher = make_batcher(fake, max_batch_size=4, max_padding_ratio=0.25)
+    blocker = await busy(batcher, fake)
+    lengths = [2, 30, 3, 31, 2, 29, 3, 30]  # two rounds of 4 (FIFO), each cut into short and long groups
+    job = batcher.submit([Item(f"t{i}", n) for i, n in enumerate(lengths)], deadline())
+    fake.gate.set()
     await blocker.future
-    outputs = await job.future
+    assert len(await job.future) == len(lengths)
     await batcher.close()
-    assert len(outputs) == len(lengths)
-    for batch in pipeline.batches[1:]:
-        assert len(batch) <= 4
-        assert 1 - sum(batch) / (max(batch) * len(batch)) <= 0.25, batch
-    assert pipeline.batches[1:] == [[2, 3], [30, 31], [2, 3], [29, 30]]
+    assert fake.lengths()[1:] == [[2, 3], [30, 31], [2, 3], [29, 30]]
 
 
-async def test_cancelled_and_expired_items_are_dropped_before_compute(pipeline: GatedSentiment) -> None:
-    batcher = make_batcher(pipeline)
-    pipeline.gate.clear()
-    blocker = batcher.submit(pipeline.preprocess(["first"], {}), far())
-    await asyncio.to_thread(pipeline.started.wait, 5)
-    gone = batcher.submit(pipeline.preprocess(TEXTS[:3], {}), far())
-    expired = batcher.submit(pipeline.preprocess(TEXTS[3:5], {}), time.monotonic() + 0.01)
-    kept = batcher.submit(pipeline.preprocess(TEXTS[5:], {}), far())
+async def test_token_budget_splits_a_round(fake: FakePipeline) -> None:
+    batcher = make_batcher(fake, max_batch_tokens=20)
+    blocker = await busy(batcher, fake)
+    job = batcher.submit([Item(f"t{i}", 10) for i in range(4)], deadline())
+    fake.gate.set()
+    await blocker.future
+    await job.future
+    await batcher.close()
+    assert fake.lengths()[1:] == [[10, 10], [10, 10]]  # 2 × 10 padded tokens per batch at most
+
+
+async def test_items_with_different_keys_never_share_a_batch(fake: FakePipeline) -> None:
+    batcher = make_batcher(fake)
+    blocker = await busy(batcher, fake)
+    greedy = batcher.submit(items("a", "b", key=1), deadline())
+    beam = batcher.submit(items("c", "d", key=4), deadline())
+    fake.gate.set()
+    await asyncio.gather(blocker.future, greedy.future, beam.future)
+    await batcher.close()
+    assert [sorted(d for d, _ in b) for b in fake.batches[1:]] == [["a", "b"], ["c", "d"]]  # oldest key first
+
+
+async def test_cancelled_and_expired_items_are_dropped_before_compute(fake: FakePipeline) -> None:
+    batcher = make_batcher(fake)
+    blocker = await busy(batcher, fake)
+    gone = batcher.submit(items("g1", "g2", "g3"), deadline())
+    expired = batcher.submit(items("e1", "e2"), time.monotonic())  # its deadline is already over
+    kept = batcher.submit(items("kept"), deadline())
     gone.cancelled = True  # what the dataplane does when the client disconnects
-    await asyncio.sleep(0.05)  # the deadline of `expired` passes while the runtime is busy
-    pipeline.gate.set()
+    fake.gate.set()
     await blocker.future
-    await kept.future
+    assert await kept.future == ["out:kept"]
     await batcher.close()
-    ran = sum(len(b) for b in pipeline.batches)
-    assert ran == 2, pipeline.batches  # the blocker and the kept item only
+    assert [d for b in fake.batches for d, _ in b] == ["blocker", "kept"]
     assert not gone.future.done() and not expired.future.done()
     assert batcher.queued == 0
 
 
-async def test_full_queue_refuses_at_once(pipeline: GatedSentiment) -> None:
-    batcher = make_batcher(pipeline, max_queue_items=4, max_batch_size=1)
-    pipeline.gate.clear()
-    batcher.submit(pipeline.preprocess(["busy"], {}), far())
-    await asyncio.to_thread(pipeline.started.wait, 5)
-    queued = batcher.submit(pipeline.preprocess(TEXTS[:4], {}), far())
+async def test_full_queue_refuses_at_once(fake: FakePipeline) -> None:
+    batcher = make_batcher(fake, max_queue_items=4, max_batch_size=1)
+    blocker = await busy(batcher, fake)
+    queued = batcher.submit(items("a", "b", "c", "d"), deadline())
     with pytest.raises(QueueFull):
-        batcher.submit(pipeline.preprocess(TEXTS[:1], {}), far())
-    pipeline.gate.set()
+        batcher.submit(items("one too many"), deadline())
+    fake.gate.set()
+    await blocker.future
     assert len(await queued.future) == 4
     await batcher.close()
 
 
-async def test_failing_batch_fails_only_its_requests(pipeline: GatedSentiment) -> None:
-    batcher = make_batcher(pipeline, max_batch_size=1)
-    # A token id far outside the vocabulary: onnxruntime's Gather refuses it, a real inference failure.
-    bad = batcher.submit([Item(np.array([10**9], dtype=np.int64), 1)], far())
-    good = batcher.submit(pipeline.preprocess(TEXTS[:2], {}), far())
+async def test_failing_batch_fails_only_its_requests(fake: FakePipeline) -> None:
+    batcher = make_batcher(fake, max_batch_size=1)
+    bad = batcher.submit(items("boom"), deadline())
+    good = batcher.submit(items("a", "b"), deadline())
     with pytest.raises(BatchFailed):
         await bad.future
-    assert len(await good.future) == 2
-    after = batcher.submit(pipeline.preprocess(TEXTS[2:3], {}), far())  # the worker keeps running
-    assert len(await after.future) == 1
+    assert await good.future == ["out:a", "out:b"]
+    after = batcher.submit(items("c"), deadline())  # the worker keeps running
+    assert await after.future == ["out:c"]
     await batcher.close()
 
 
-async def test_close_drains_the_queue_then_refuses(pipeline: GatedSentiment) -> None:
-    batcher = make_batcher(pipeline, max_batch_size=2)
-    pipeline.gate.clear()
-    jobs = [batcher.submit(pipeline.preprocess([t], {}), far()) for t in TEXTS]
+async def test_close_drains_the_queue_then_refuses(fake: FakePipeline) -> None:
+    batcher = make_batcher(fake, max_batch_size=2)
+    fake.gate.clear()
+    jobs = [batcher.submit(items(t), deadline()) for t in ("a", "b", "c", "d", "e")]
     closing = asyncio.ensure_future(batcher.close())
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0)  # close() has begun: intake is shut
     with pytest.raises(ShuttingDown):
-        batcher.submit(pipeline.preprocess(["late"], {}), far())
-    pipeline.gate.set()
+        batcher.submit(items("late"), deadline())
+    fake.gate.set()
     await closing
-    assert all(job.future.done() and len(job.future.result()) == 1 for job in jobs)
+    assert [job.future.result() for job in jobs] == [[f"out:{t}"] for t in "abcde"]
+    assert sum(len(b) for b in fake.batches) == 5
 
 
-async def test_no_wait_when_idle_even_with_a_delay(pipeline: GatedSentiment) -> None:
-    """A lone request on an idle runtime runs at once; max_delay_ms applies only under concurrency."""
-    batcher = make_batcher(pipeline, max_delay_ms=500.0)
-    t0 = time.monotonic()
-    job = batcher.submit(pipeline.preprocess(TEXTS[:1], {}), far())
-    await job.future
-    assert time.monotonic() - t0 < 0.4
+async def test_no_wait_when_idle_even_with_a_delay(fake: FakePipeline) -> None:
+    """A lone request on an idle runtime runs at once: the hour-long max_delay applies only under concurrency."""
+    batcher = make_batcher(fake, max_delay_ms=FAR * 1000)
+    for text in ("one", "two", "three"):  # one after another: each round holds one item, none waits
+        assert await asyncio.wait_for(batcher.submit(items(text), deadline()).future, 30) == [f"out:{text}"]
     await batcher.close()
+    assert fake.lengths() == [[1], [1], [1]]

@@ -229,7 +229,12 @@ def test_dockerignore_keeps_dev_files_out() -> None:
     ]
     for path in dev_files:
         assert not ds.in_build_context(path), f"{path} would be sent to the Docker build"
-    for path in ["pyproject.toml", "service/cli.py", "model_repository/sentiment/1/model.onnx"]:
+    for path in [
+        "pyproject.toml",
+        "lstm_serve/cli.py",
+        "lstm_core/model_card.py",
+        "model_repository/sentiment/1/model.onnx",
+    ]:
         assert ds.in_build_context(path), path
 
 

@@ -15,9 +15,10 @@ from tokenizers import Tokenizer
 
 from export.sentiment import ExportCheckError, export_run
 from export.sentiment import main as export_main
+from lstm_core.encoding import encode_words
+from lstm_core.model_card import ModelCard
+from lstm_core.padding import pad_batch
 from models.sentiment.train import main as train_main
-from models.text import encode_ids, pad_batch
-from service.model_card import ModelCard
 
 TINY = ["--limit-train", "300", "--limit-dev", "100", "--epochs", "1", "--emb-dim", "16", "--hidden", "12"]
 TINY += ["--vocab-size", "1500", "--batch-size", "32", "--no-progress"]
@@ -49,7 +50,7 @@ def test_export_publishes_a_checked_version(tiny_run: Path, tmp_path: Path) -> N
     session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
     tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
     texts = ["It's a charming, often affecting journey!", "", "Dull.", "a b c " * 60]
-    ids, lengths = pad_batch(encode_ids(tokenizer, texts, card.max_length))
+    ids, lengths = pad_batch(encode_words(tokenizer, texts, card.max_length))
     probabilities = session.run(["probabilities"], {"input_ids": ids, "lengths": lengths})[0]
     assert probabilities.shape == (4, 2) and probabilities.dtype == np.float32
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-6)

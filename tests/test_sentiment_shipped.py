@@ -15,10 +15,12 @@ import onnxruntime as ort
 import pytest
 from tokenizers import Tokenizer
 
+from lstm_core.encoding import encode_words
+from lstm_core.model_card import ModelCard
+from lstm_core.padding import pad_batch
+from lstm_core.tokens import UNK_ID
 from models.datasets import CHECKSUMS
 from models.sentiment.data import load_split, occurs_in
-from models.text import UNK_ID, encode_ids, pad_batch
-from service.model_card import ModelCard
 
 FOLDER = Path(__file__).resolve().parents[1] / "model_repository" / "sentiment" / "1"
 
@@ -75,7 +77,7 @@ def test_graph_matches_card(card: ModelCard, session: ort.InferenceSession) -> N
 def test_card_accuracy_is_what_the_files_give(card: ModelCard, session, tokenizer) -> None:
     """Recompute the stated validation accuracy (and its length buckets) from the shipped files alone."""
     dev = load_split("dev")
-    ids = encode_ids(tokenizer, dev.texts, card.max_length)
+    ids = encode_words(tokenizer, dev.texts, card.max_length)
     order = np.argsort([len(s) for s in ids])
     predicted = np.empty(len(ids), dtype=np.int64)
     for start in range(0, len(order), 512):
@@ -101,7 +103,7 @@ def test_padding_does_not_change_answers(session, tokenizer, card: ModelCard) ->
         "The plot is thin, but the actors don't seem to care and neither did I.",
         "the movie is a mess " * 20,
     ]
-    sequences = encode_ids(tokenizer, texts, card.max_length)
+    sequences = encode_words(tokenizer, texts, card.max_length)
     batched = probabilities(session, sequences)
     alone = np.concatenate([probabilities(session, [s]) for s in sequences])
     np.testing.assert_allclose(batched, alone, atol=1e-5, rtol=0)
@@ -123,7 +125,7 @@ def test_raw_reviews_get_the_obvious_label(session, tokenizer, card: ModelCard) 
         "Boring, predictable and far too long. What a waste of time.",
         "The worst movie I've seen this year; the script is awful.",
     ]
-    labels = probabilities(session, encode_ids(tokenizer, texts, card.max_length)).argmax(axis=1)
+    labels = probabilities(session, encode_words(tokenizer, texts, card.max_length)).argmax(axis=1)
     assert [card.labels[i] for i in labels] == ["positive", "positive", "negative", "negative"]
 
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from lstm_core.encoding import encode_words
+from lstm_core.padding import pad_batch
+from lstm_core.tokens import PAD_ID, UNK_ID
 from models.sentiment.data import load_split
-from models.text import PAD_ID, UNK_ID, encode_ids, pad_batch, train_word_tokenizer
+from models.text import train_word_tokenizer
 
 RAW_VS_PTB = [
     ("It's a charming, often affecting journey!", "it 's a charming , often affecting journey !"),
@@ -49,8 +52,8 @@ def test_special_ids_and_no_padding_inside(full_vocab_tokenizer) -> None:
     assert full_vocab_tokenizer.encode("zzzqqq").ids == [UNK_ID]
 
 
-def test_encode_ids_truncates_and_never_returns_empty(full_vocab_tokenizer) -> None:
-    ids = encode_ids(full_vocab_tokenizer, ["", "   ", "a b c d e f"], max_length=4)
+def test_encode_words_truncates_and_never_returns_empty(full_vocab_tokenizer) -> None:
+    ids = encode_words(full_vocab_tokenizer, ["", "   ", "a b c d e f"], max_length=4)
     assert ids[0] == ids[1] == [UNK_ID]
     assert len(ids[2]) == 4
     padded, lengths = pad_batch(ids)

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from bench.servers import ServerHandle
+from service.runtime import cuda_available
 from service.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -148,7 +149,8 @@ def test_metrics_names_labels_and_provider(live_server: ServerHandle) -> None:
         "model_info",
     ):
         assert f"lstm_serve_{name}" in text, name
-    assert 'lstm_serve_model_info{model="sentiment",provider="CPUExecutionProvider",version="1"} 1.0' in text
+    provider = "CUDAExecutionProvider" if cuda_available() else "CPUExecutionProvider"
+    assert f'lstm_serve_model_info{{model="sentiment",provider="{provider}",version="1"}} 1.0' in text
     # The queue's bound is exported so alerts read "how full" (live_server runs the default settings).
     capacity = Settings.model_fields["max_queue_items"].default
     assert f'lstm_serve_queue_capacity_items{{model="sentiment",version="1"}} {float(capacity)}' in text

@@ -14,15 +14,16 @@ from tokenizers import Tokenizer
 
 from export.translation import main as export_main
 from export.translation import round_to_fp16
+from lstm_core.encoding import encode_source
+from lstm_core.model_card import ModelCard
+from lstm_core.padding import pad_batch
+from lstm_core.tokens import BOS_ID, EOS_ID
+from lstm_core.translation_runtime import Seq2SeqRuntime
+from lstm_core.translation_search import beam_search, greedy_search
 from models.translation.data import load_pairs
 from models.translation.decode import search_ids
-from models.translation.subwords import encode_source
 from models.translation.train import SRC_TOKENIZER, load_checkpoint
 from models.translation.train import main as train_main
-from service.model_card import ModelCard
-from service.pipelines.base import pad_batch
-from service.pipelines.translation_runtime import BOS_ID, EOS_ID, Seq2SeqRuntime
-from service.pipelines.translation_search import beam_search, greedy_search
 
 TINY = ["--limit", "1500", "--eval-limit", "30", "--epochs", "2", "--src-vocab", "800", "--tgt-vocab", "800"]
 TINY += ["--emb", "32", "--enc-hidden", "32", "--dec-hidden", "64", "--beam-size", "2", "--no-progress"]

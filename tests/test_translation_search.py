@@ -7,7 +7,7 @@ from itertools import pairwise
 import numpy as np
 import pytest
 
-from service.pipelines.translation_search import beam_search, greedy_search, output_limit
+from lstm_core.translation_search import beam_search, greedy_search, output_limit
 
 BOS, EOS, VOCAB = 2, 3, 9
 

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
+from lstm_core.model_card import ModelCard
+from lstm_core.padding import pad_batch
+from lstm_core.tokens import BOS_ID, EOS_ID
+from lstm_core.translation_runtime import Seq2SeqRuntime
+from lstm_core.translation_search import beam_search, greedy_search
 from models.translation.data import load_pairs
 from models.translation.decode import bleu
-from service.model_card import ModelCard
-from service.pipelines.base import pad_batch
-from service.pipelines.translation_runtime import BOS_ID, EOS_ID, Seq2SeqRuntime
-from service.pipelines.translation_search import beam_search, greedy_search
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FOLDER = max((REPO_ROOT / "model_repository" / "translation").iterdir(), key=lambda p: int(p.name))

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from tokenizers import Tokenizer
 
+from lstm_core.tokens import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from models.translation.data import load_pairs
-from models.translation.subwords import BOS_ID, EOS_ID, PAD_ID, UNK_ID, decode_target, train_tokenizer
+from models.translation.subwords import decode_target, train_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from lstm_core.padding import pad_batch
 from models.sentiment.model import SentimentClassifier
-from models.text import pad_batch
 
 # (low, high) inclusive token-count buckets; SST-2 holds many short phrases and few long sentences
 LENGTH_BUCKETS: tuple[tuple[int, int], ...] = ((1, 5), (6, 10), (11, 20), (21, 30), (31, 10_000))

@@ -19,12 +19,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from lstm_core.encoding import encode_words
+from lstm_core.padding import pad_batch
 from models.common.runs import git_commit, plot_curves, set_seed, write_report
 from models.sentiment import LABELS
 from models.sentiment.data import Split, dataset_info, load_split, occurs_in
 from models.sentiment.evaluate import accuracy_report, gradient_reach, predict_probabilities
 from models.sentiment.model import CELLS, ModelConfig, SentimentClassifier
-from models.text import encode_ids, pad_batch, train_word_tokenizer
+from models.text import train_word_tokenizer
 
 CHECKPOINT = "checkpoint.pt"
 TOKENIZER = "tokenizer.json"
@@ -119,8 +121,8 @@ def train(args: argparse.Namespace) -> dict:
     dev_split: Split = load_split("dev").head(args.limit_dev)
     tokenizer = train_word_tokenizer(train_split.texts, args.vocab_size, args.min_frequency)
     tokenizer.save(str(out / TOKENIZER))
-    train_ids = encode_ids(tokenizer, train_split.texts, args.max_length)
-    dev_ids = encode_ids(tokenizer, dev_split.texts, args.max_length)
+    train_ids = encode_words(tokenizer, train_split.texts, args.max_length)
+    dev_ids = encode_words(tokenizer, dev_split.texts, args.max_length)
     train_labels = np.asarray(train_split.labels, dtype=np.int64)
     dev_labels = np.asarray(dev_split.labels, dtype=np.int64)
 

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import torch
 
+from lstm_core.padding import pad_batch
+from lstm_core.tokens import BOS_ID, EOS_ID
 from models.datasets import read_lines
-
-from .subwords import BOS_ID, EOS_ID, PAD_ID
 
 SPLITS = ("train", "val", "test_2016_flickr")
 
@@ -39,11 +39,8 @@ class Batch:
 
 
 def pad(rows: list[list[int]]) -> torch.Tensor:
-    width = max(len(r) for r in rows)
-    out = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-    return out
+    """``[PAD]``-padded int64 ``[B, longest]`` tensor (``lstm_core.padding.pad_batch``, as torch)."""
+    return torch.from_numpy(pad_batch(rows)[0])
 
 
 def make_batch(src_ids: list[list[int]], tgt_ids: list[list[int]]) -> Batch:

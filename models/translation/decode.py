@@ -9,11 +9,13 @@ import sacrebleu
 import torch
 from tokenizers import Tokenizer
 
-from service.pipelines.translation_search import beam_search, greedy_search, output_limit
+from lstm_core.encoding import encode_source
+from lstm_core.tokens import BOS_ID, EOS_ID, PAD_ID
+from lstm_core.translation_search import beam_search, greedy_search, output_limit
 
 from .data import pad
 from .model import Seq2Seq
-from .subwords import BOS_ID, EOS_ID, PAD_ID, decode_target, encode_source
+from .subwords import decode_target
 
 
 class TorchStepper:

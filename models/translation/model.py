@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .subwords import PAD_ID
+from lstm_core.tokens import PAD_ID
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 NEG_INF = -1e9  # masked attention score; finite so an all-masked row cannot produce NaN

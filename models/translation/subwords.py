@@ -12,9 +12,7 @@ from collections.abc import Iterable
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-PAD, UNK, BOS, EOS = "[PAD]", "[UNK]", "[BOS]", "[EOS]"
-SPECIAL_TOKENS = [PAD, UNK, BOS, EOS]  # ids 0..3 in both tokenizers, in this order
-PAD_ID, UNK_ID, BOS_ID, EOS_ID = range(4)
+from lstm_core.tokens import EOS, EOS_ID, SPECIAL_TOKENS, UNK
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, append_eos: bool) -> Tokenizer:
@@ -22,13 +20,13 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, append_eos: bool) -> 
 
     Metaspace keeps word boundaries inside the tokens (``▁``), so ``decode(ids)`` gives back normal
     text — the exact string sacrebleu scores. ``append_eos`` (the source side) makes ``encode`` add
-    ``[EOS]`` itself, so the service's input ids match training without extra code.
+    ``[EOS]`` itself; ``lstm_core.encoding.encode_source`` truncates, for training and serving alike.
     """
     tokenizer = Tokenizer(models.BPE(unk_token=UNK))
     tokenizer.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Strip()])
     tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
     tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, min_frequency=2)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), min_frequency=2)
     tokenizer.train_from_iterator(texts, trainer=trainer)
     if append_eos:
         tokenizer.post_processor = processors.TemplateProcessing(single=f"$A {EOS}", special_tokens=[(EOS, EOS_ID)])
@@ -36,17 +34,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, append_eos: bool) -> 
         if tokenizer.token_to_id(token) != expected:
             raise RuntimeError(f"special token {token} got id {tokenizer.token_to_id(token)}, expected {expected}")
     return tokenizer
-
-
-def encode_source(tokenizer: Tokenizer, texts: list[str], max_tokens: int) -> list[list[int]]:
-    """Source ids (ending in ``[EOS]`` via the post-processor), truncated to ``max_tokens`` keeping the EOS."""
-    out = []
-    for encoding in tokenizer.encode_batch(texts):
-        ids = encoding.ids
-        if len(ids) > max_tokens:
-            ids = [*ids[: max_tokens - 1], EOS_ID]
-        out.append(ids)
-    return out
 
 
 def decode_target(tokenizer: Tokenizer, sequences: Iterable[list[int]]) -> list[str]:

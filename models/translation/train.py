@@ -19,12 +19,14 @@ from tokenizers import Tokenizer
 from torch import nn
 from tqdm import tqdm
 
+from lstm_core.encoding import encode_source
+from lstm_core.tokens import PAD_ID
 from models.common.runs import git_commit, plot_curves, set_seed, write_report
 
 from .data import bucketed_batches, load_pairs
 from .decode import bleu, translate
 from .model import CELLS, ModelConfig, Seq2Seq
-from .subwords import PAD_ID, encode_source, train_tokenizer
+from .subwords import train_tokenizer
 
 CHECKPOINT = "best.pt"
 SRC_TOKENIZER, TGT_TOKENIZER = "source_tokenizer.json", "target_tokenizer.json"

@@ -5,6 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
+from service.api.common import registry
+
 router = APIRouter(tags=["health"])
 
 
@@ -17,9 +19,9 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
     """200 once every model is loaded and warmed; 503 while loading, when a model is refused, or stopping."""
-    dataplane = request.app.state.dataplane
-    state = dataplane.readiness()
-    if dataplane.ready:
+    served = registry(request)
+    state = served.readiness()
+    if served.ready:
         return JSONResponse(state)
     return JSONResponse({"error": f"not ready: {state['status']}", **state}, status_code=503)
 

@@ -1,21 +1,26 @@
-"""Native JSON API: ``POST /v1/sentiment``, ``POST /v1/translate``, ``GET /v1/models``.
+"""Native JSON API: one ``POST`` route per registered task (``Wire.native_path``), and ``GET /v1/models``.
 
-Thin on purpose: pydantic types for the wire format, everything else in the dataplane.
+Thin on purpose: the request model is the task's parameters plus ``texts``, the answer is
+``{"model", "version", <Wire.results_field>: [...]}``; everything else is in the dataplane. No task is
+named here: the routes are built from the task registry, so a route exists (and answers 404 "no <task>
+model") even when no model of its task is in the repository.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
+from pydantic import BaseModel, Field, StrictStr, ValidationError, create_model
 
-from service.dataplane import DataPlane
+from service.api.common import dataplane, disconnected, registry
+from service.pipelines.base import Pipeline
 
-router = APIRouter(prefix="/v1", tags=["native"])
+PREFIX = "/v1"
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"description": text, "content": {"application/json": {"example": {"error": text}}}}
@@ -28,51 +33,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         504: "request deadline passed",
     }.items()
 }
-
-
-class SentimentRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    texts: list[StrictStr] = Field(
-        min_length=1,
-        description="1..max_texts_per_request texts, each 1..max_text_chars characters",
-        examples=[["It's a charming, often affecting journey!"]],
-    )
-
-
-class SentimentResult(BaseModel):
-    label: str
-    score: float
-    probabilities: dict[str, float]
-
-
-class SentimentResponse(BaseModel):
-    model: str
-    version: str
-    results: list[SentimentResult]
-
-
-class TranslateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    texts: list[StrictStr] = Field(min_length=1, examples=[["A man is riding a bicycle."]])
-    beam_size: int = Field(4, ge=1, le=8, description="beam width (1 = greedy)")
-    max_length: int = Field(128, ge=1, le=256, description="most output tokens per translation")
-
-
-class TranslateResponse(BaseModel):
-    model: str
-    version: str
-    translations: list[str]
-
-
-def _dataplane(request: Request) -> DataPlane:
-    return request.app.state.dataplane
-
-
-async def _disconnected(request: Request) -> None:
-    """Resolves when the client goes away (the body is already read, so the next message is the disconnect)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
 
 BodyT = TypeVar("BodyT", bound=BaseModel)
 
@@ -98,35 +58,64 @@ async def parse_body(request: Request, model: type[BodyT]) -> BodyT:
         raise RequestValidationError(errors) from None
 
 
-@router.post(
-    "/sentiment", response_model=SentimentResponse, responses=ERRORS, openapi_extra=_body_spec(SentimentRequest)
-)
-async def sentiment(request: Request) -> JSONResponse:
-    started = time.monotonic()
-    body = await parse_body(request, SentimentRequest)
-    dataplane = _dataplane(request)
-    model = dataplane.for_task("sentiment")
-    out = await dataplane.infer(model, body.texts, disconnected=_disconnected(request), started=started)
-    # The results are plain dicts already shaped like SentimentResult; skip re-validating them.
-    return JSONResponse({"model": model.name, "version": model.version, "results": out.results})
+def request_model(pipeline: type[Pipeline]) -> type[BaseModel]:
+    """The native request body: the task's parameters (``Wire.params``) plus ``texts``.
+
+    A subclass of the parameters model, so the validated body is passed to the pipeline as its params.
+    """
+    wire = pipeline.wire
+    texts = Field(
+        min_length=1,
+        description="1..max_texts_per_request texts, each 1..max_text_chars characters",
+        examples=[list(wire.example)] if wire.example else None,
+    )
+    return create_model(f"{wire.schema_name}Request", __base__=wire.params, texts=(list[StrictStr], texts))
 
 
-@router.post(
-    "/translate", response_model=TranslateResponse, responses=ERRORS, openapi_extra=_body_spec(TranslateRequest)
-)
-async def translate(request: Request) -> JSONResponse:
-    started = time.monotonic()
-    body = await parse_body(request, TranslateRequest)
-    dataplane = _dataplane(request)
-    model = dataplane.for_task("translation")
-    params = {"beam_size": body.beam_size, "max_length": body.max_length}
-    out = await dataplane.infer(model, body.texts, params, disconnected=_disconnected(request), started=started)
-    return JSONResponse({"model": model.name, "version": model.version, "translations": out.results})
+def response_model(pipeline: type[Pipeline]) -> type[BaseModel]:
+    wire = pipeline.wire
+    results = {wire.results_field: (list[wire.result_type], ...)}
+    return create_model(f"{wire.schema_name}Response", model=(str, ...), version=(str, ...), **results)
 
 
-@router.get("/models")
+def _task_endpoint(
+    task: str, body_model: type[BaseModel], field: str
+) -> Callable[[Request], Coroutine[Any, Any, JSONResponse]]:
+
+    async def endpoint(request: Request) -> JSONResponse:
+        started = time.monotonic()
+        body = await parse_body(request, body_model)
+        model = registry(request).for_task(task)
+        out = await dataplane(request).infer(
+            model, body.texts, body, disconnected=disconnected(request), started=started
+        )
+        # The results are plain JSON values already shaped like the response model; skip re-validating them.
+        return JSONResponse({"model": model.name, "version": model.version, field: out.results})
+
+    endpoint.__doc__ = f"Run the {task} model on 1..n texts; one result per text, in order."
+    return endpoint
+
+
+def build_router(tasks: Mapping[str, type[Pipeline]]) -> APIRouter:
+    """The native routes of every registered task, plus ``GET /v1/models``."""
+    router = APIRouter(tags=["native"])
+    for task, pipeline in tasks.items():
+        body_model = request_model(pipeline)
+        router.add_api_route(
+            pipeline.wire.native_path,
+            _task_endpoint(task, body_model, pipeline.wire.results_field),
+            methods=["POST"],
+            name=task,
+            response_model=response_model(pipeline),
+            responses=ERRORS,
+            openapi_extra=_body_spec(body_model),
+        )
+    router.add_api_route(PREFIX + "/models", models, methods=["GET"])
+    return router
+
+
 async def models(request: Request) -> JSONResponse:
     """The model cards of the served versions, plus the state of every model found."""
-    dataplane = _dataplane(request)
-    cards = [card.model_dump(mode="json") for card in dataplane.cards()]
-    return JSONResponse({"models": cards, "state": dataplane.readiness()["models"]})
+    served = registry(request)
+    cards = [card.model_dump(mode="json") for card in served.cards()]
+    return JSONResponse({"models": cards, "state": served.readiness()["models"]})

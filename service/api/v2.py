@@ -2,25 +2,27 @@
 
 Thin on purpose: model/version lookup and inference go through the dataplane (same batcher, same limits,
 same metrics as the native API: the metrics middleware labels these requests by route template and the
-``model_name``/``model_version`` path parameters), the wire format through ``service.v2.codec``. What is
-here is only the mapping between a task's results and the named tensors the model card declares.
+``model_name``/``model_version`` path parameters), the wire format through ``service.v2.codec``. No task
+is named here: each task's pipeline declares its input column, its request parameters and its output
+columns (``Wire``, ``Pipeline.v2_columns``); what is here is shaping them as the model card declares.
+Errors name what V2 clients sent (``input 'text'``, request parameters), never native field names.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from service.api.native import TranslateRequest
-from service.dataplane import DataPlane, ServedModel
+from lstm_core.model_card import TensorSpec
+from service.api.common import dataplane, disconnected, registry
+from service.dataplane import TextsName
 from service.errors import InvalidInput
-from service.model_card import TensorSpec
+from service.registry import ServedModel
 from service.v2.codec import (
     BINARY_HEADER,
     CodecError,
@@ -53,14 +55,9 @@ EXTENSIONS = ["binary_tensor_data", "model_configuration"]
 # around the graphs is ours, which the model-config "backend" says.
 PLATFORM = "onnxruntime_onnx"
 BACKEND = "lstm-serve"
-TEXT_INPUT = "text"
 
 MODEL = "/models/{model_name}"
 VERSION = "/models/{model_name}/versions/{model_version}"
-
-
-def _dataplane(request: Request) -> DataPlane:
-    return request.app.state.dataplane
 
 
 # --- inference (first: routes are matched in order, and this one is under load) -------------------------
@@ -70,18 +67,21 @@ def _dataplane(request: Request) -> DataPlane:
 @router.post(VERSION + "/infer")
 async def infer(request: Request, model_name: str, model_version: str | None = None) -> Response:
     started = time.monotonic()
-    dataplane = _dataplane(request)
-    model = dataplane.get(model_name, model_version)
+    model = registry(request).get(model_name, model_version)
     body = decompress(
         await request.body(), request.headers.get("content-encoding"), request.app.state.settings.max_body_bytes
     )
     decoded = decode_request(body, request.headers.get(BINARY_HEADER))
-    texts = _texts(decoded, model)
+    wire = model.pipeline.wire
+    texts = _texts(decoded, model.name, wire.text_input)
     # Unknown output names are refused before any compute is spent.
     outputs = requested_outputs(decoded.header, [spec.name for spec in model.card.outputs])
-    params = _params(model, texts, decoded.header.parameters)
+    params = _params(wire.params, decoded.header.parameters)
+    name = TextsName(f"input '{wire.text_input}'", f"input '{wire.text_input}' element {{i}}")
     try:
-        result = await dataplane.infer(model, texts, params, disconnected=_disconnected(request), started=started)
+        result = await dataplane(request).infer(
+            model, texts, params, disconnected=disconnected(request), started=started, name=name
+        )
     except InvalidInput as exc:  # the V2 protocol answers every bad request with 400
         raise CodecError(str(exc)) from exc
     tensors = _output_tensors(model, result.results)
@@ -106,10 +106,10 @@ async def server_live() -> LiveResponse:
 
 @router.get("/health/ready", response_model=ReadyResponse)
 async def server_ready(request: Request) -> JSONResponse:
-    dataplane = _dataplane(request)
-    if dataplane.ready:
+    served = registry(request)
+    if served.ready:
         return JSONResponse(ReadyResponse(ready=True).model_dump())
-    return JSONResponse({"error": f"not ready: {dataplane.readiness()['status']}"}, status_code=503)
+    return JSONResponse({"error": f"not ready: {served.readiness()['status']}"}, status_code=503)
 
 
 # --- models ------------------------------------------------------------------------------------------
@@ -118,7 +118,7 @@ async def server_ready(request: Request) -> JSONResponse:
 @router.get(MODEL, response_model=ModelMetadata)
 @router.get(VERSION, response_model=ModelMetadata)
 async def model_metadata(request: Request, model_name: str, model_version: str | None = None) -> ModelMetadata:
-    model = _dataplane(request).get(model_name, model_version)
+    model = registry(request).get(model_name, model_version)
     return ModelMetadata(
         name=model.name,
         versions=[model.version],
@@ -132,9 +132,9 @@ async def model_metadata(request: Request, model_name: str, model_version: str |
 @router.get(VERSION + "/ready", response_model=ModelReadyResponse)
 async def model_ready(request: Request, model_name: str, model_version: str | None = None) -> JSONResponse:
     """200 when the version is loaded and warmed; 404 unknown, 503 (V2 error body) loading, refused, stopping."""
-    dataplane = _dataplane(request)
-    model = dataplane.get(model_name, model_version)
-    if dataplane.stopping:
+    served = registry(request)
+    model = served.get(model_name, model_version)
+    if served.stopping:
         return JSONResponse({"error": "the server is shutting down"}, status_code=503)
     return JSONResponse(ModelReadyResponse(name=model.name, ready=True).model_dump())
 
@@ -147,7 +147,7 @@ async def model_config(request: Request, model_name: str, model_version: str | N
     ``max_batch_size`` is the most texts one request may carry: the batcher's batch size, capped by the
     per-request limit (a bigger ``-b`` would be refused). ``dims`` leave out the batch dimension.
     """
-    model = _dataplane(request).get(model_name, model_version)
+    model = registry(request).get(model_name, model_version)
     batching = model.batching
     settings = request.app.state.settings
     return ModelConfig(
@@ -177,71 +177,42 @@ def _config_tensor(spec: TensorSpec) -> ConfigTensor:
 # --- helpers -----------------------------------------------------------------------------------------
 
 
-async def _disconnected(request: Request) -> None:
-    """Resolves when the client goes away (the body is already read, so the next message is the disconnect)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-def _texts(decoded: DecodedRequest, model: ServedModel) -> list[str]:
-    """The one input: BYTES ``text`` of shape ``[N, 1]`` (or ``[N]``), UTF-8 text per element."""
-    unknown = sorted(set(decoded.inputs) - {TEXT_INPUT})
+def _texts(decoded: DecodedRequest, model_name: str, text_input: str) -> list[str]:
+    """The one input: BYTES ``text_input`` of shape ``[N, 1]`` (or ``[N]``), UTF-8 text per element."""
+    unknown = sorted(set(decoded.inputs) - {text_input})
     if unknown:
-        raise CodecError(f"unknown input {', '.join(map(repr, unknown))}; model {model.name} takes '{TEXT_INPUT}'")
-    tensor = decoded.inputs.get(TEXT_INPUT)
+        raise CodecError(f"unknown input {', '.join(map(repr, unknown))}; model {model_name} takes '{text_input}'")
+    tensor = decoded.inputs.get(text_input)
     if tensor is None:
-        raise CodecError(f"input '{TEXT_INPUT}' is required")
+        raise CodecError(f"input '{text_input}' is required")
     if tensor.datatype != "BYTES":
-        raise CodecError(f"input '{TEXT_INPUT}' must be BYTES, got {tensor.datatype}")
+        raise CodecError(f"input '{text_input}' must be BYTES, got {tensor.datatype}")
     shape = tensor.shape
     if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
-        raise CodecError(f"input '{TEXT_INPUT}' must have shape [N, 1] or [N], got {shape}")
+        raise CodecError(f"input '{text_input}' must have shape [N, 1] or [N], got {shape}")
     try:
         return [element.decode("utf-8") for element in tensor.array.reshape(-1)]
     except UnicodeDecodeError as exc:
-        raise CodecError(f"input '{TEXT_INPUT}' is not UTF-8 text: {exc}") from None
+        raise CodecError(f"input '{text_input}' is not UTF-8 text: {exc}") from None
 
 
-def _params(model: ServedModel, texts: list[str], parameters: dict[str, Any]) -> dict[str, Any]:
-    """Translation takes ``beam_size``/``max_length`` request parameters, checked like the native API's."""
-    if model.task != "translation":
-        return {}
-    chosen = {key: parameters[key] for key in ("beam_size", "max_length") if key in parameters}
+def _params(model: type[BaseModel], parameters: dict[str, Any]) -> BaseModel:
+    """The task's request parameters from the V2 ``parameters`` of the same names, validated once.
+
+    Other ``parameters`` belong to the protocol or to clients (``binary_data_output``, ``sequence_id``...)
+    and are ignored, as V2 servers do.
+    """
+    chosen = {key: parameters[key] for key in model.model_fields if key in parameters}
     try:
-        checked = TranslateRequest.model_validate({"texts": texts, **chosen})
+        return model.model_validate(chosen)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise CodecError(f"invalid parameters: {problems}") from None
-    return {"beam_size": checked.beam_size, "max_length": checked.max_length}
-
-
-def _sentiment_columns(model: ServedModel, results: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
-    labels = model.card.labels or []
-    return {
-        "label": _bytes_array([r["label"] for r in results]),
-        "probabilities": np.array([[r["probabilities"][label] for label in labels] for r in results], np.float32),
-    }
-
-
-def _translation_columns(model: ServedModel, results: Sequence[str]) -> dict[str, np.ndarray]:
-    return {"translation": _bytes_array(results)}
-
-
-COLUMNS: dict[str, Callable[[ServedModel, Sequence[Any]], dict[str, np.ndarray]]] = {
-    "sentiment": _sentiment_columns,
-    "translation": _translation_columns,
-}
-
-
-def _bytes_array(texts: Sequence[str]) -> np.ndarray:
-    array = np.empty(len(texts), dtype=object)
-    array[:] = [text.encode("utf-8") for text in texts]
-    return array
 
 
 def _output_tensors(model: ServedModel, results: Sequence[Any]) -> dict[str, Tensor]:
-    """Each output the card declares, shaped as the card says (batch first)."""
-    columns = COLUMNS[model.task](model, results)
+    """Each output the card declares, from the task's columns, shaped as the card says (batch first)."""
+    columns = model.pipeline.v2_columns(results)
     return {
         spec.name: Tensor(spec.name, spec.dtype, columns[spec.name].reshape([len(results), *spec.shape[1:]]))
         for spec in model.card.outputs

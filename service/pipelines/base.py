@@ -1,25 +1,31 @@
-"""The pipeline interface: what a task (sentiment, translation, ...) must provide to be served.
+"""The pipeline interface: everything a task (sentiment, translation, ...) provides to be served.
 
-The dataplane and the batcher know nothing about tasks. A pipeline turns the texts of one request into
-``Item``s (one per text, each with a length in tokens and a batching key), runs one batch of items
-through onnxruntime in a worker thread, and turns each item's output into its wire result. Tasks are
-found through a registry keyed by ``model.json`` ``task``: a new task is a new module
-``service/pipelines/<task>.py`` that decorates its class with ``@register_pipeline("<task>")``; the core
-imports that module by name, so adding a task never edits the core.
+The core (registry, dataplane, batcher, routers, middleware) never names a task. A task is one module
+that registers a ``Pipeline`` subclass for a ``model.json`` ``task`` (``service.pipelines.registry``)
+and declares on it:
+
+- ``wire``: its request parameters (a pydantic model, validated once, at the edge), its native route
+  and answer field, and its V2 input and output columns; the routers, the V2 metadata checks and the
+  metric labels are derived from it;
+- ``preprocess`` / ``run_batch`` / ``postprocess``: text → ``Item``s → one batch through onnxruntime
+  → one wire result per text, and ``v2_columns``: results → named V2 output tensors;
+- ``cost_probe``: how the batcher's cost model is measured for it, or ``NotCalibrated`` saying why not.
 """
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 
-from service.model_card import ModelCard
+from lstm_core.cost import ProbeShape
+from lstm_core.model_card import ModelCard
+from lstm_core.tokens import UNK_ID
 from service.runtime import Runtime
 
 
@@ -29,25 +35,65 @@ class Item:
 
     ``length`` is the item's cost in tokens (the batcher bounds items × longest length by
     ``max_batch_tokens`` and groups similar lengths to cut padding). Items whose ``key`` differ never
-    share a batch (translation uses ``(beam_size, max_length)``; sentiment has a single key).
+    share a batch (translation uses its search settings; sentiment has a single key).
     """
 
     data: Any
     length: int
     key: Hashable = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
-class Pipeline(ABC):
+class NoParams(BaseModel):
+    """A task without request parameters: any extra field in a native request is refused (422)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+ParamsT = TypeVar("ParamsT", bound=BaseModel)
+
+
+@dataclass(frozen=True, slots=True)
+class Wire:
+    """How one task looks on the wire, native JSON and V2 alike; the core builds its routes from this.
+
+    ``params`` is validated once, where the request arrives: the native body's fields beside ``texts``
+    and the V2 request's ``parameters`` of the same names (other V2 parameters are the protocol's and
+    are ignored). Its model should forbid extra fields, so a misspelt native field is a 422.
+    """
+
+    native_path: str  # the native POST route, e.g. "/v1/translate"
+    results_field: str  # the native answer's list of results, e.g. "translations"
+    result_type: Any  # the type of one native result, for the OpenAPI schema
+    schema_name: str  # OpenAPI schema names: "Translate" -> TranslateRequest, TranslateResponse
+    outputs: tuple[str, ...]  # V2 output columns, as ``Pipeline.v2_columns`` returns them
+    params: type[BaseModel] = NoParams
+    text_input: str = "text"  # the V2 input column: BYTES, shape [N, 1] or [N]
+    example: tuple[str, ...] = ()  # example texts for the OpenAPI page
+
+
+class NotCalibrated(Exception):
+    """Raised by ``Pipeline.cost_probe`` to say why this pipeline cannot be timed at warm-up."""
+
+
+@dataclass(frozen=True, slots=True)
+class CostProbe:
+    """How to time a pipeline for the batcher's cost model: ``batch(size, length)`` builds the items to run."""
+
+    batch: Callable[[int, int], list[Item]]
+    shape: ProbeShape = field(default_factory=ProbeShape)
+
+
+class Pipeline(ABC, Generic[ParamsT]):
     """One served model version of one task.
 
-    Life cycle: constructed by the dataplane with the version folder, its model card and the shared
-    ``Runtime`` (which creates onnxruntime sessions on the chosen provider); ``warmup()`` runs before
-    the model reports ready; then ``preprocess`` (event loop, must be cheap), ``run_batch`` (worker
-    thread, never on the event loop) and ``postprocess`` (event loop) serve requests.
+    Life cycle: constructed by the model registry with the version folder, its model card and the
+    shared ``Runtime`` (which creates onnxruntime sessions on the chosen provider); ``warmup()`` and the
+    cost probe run before the model reports ready; then ``preprocess`` (event loop, must be cheap),
+    ``run_batch`` (worker thread, never on the event loop) and ``postprocess`` (event loop) serve requests.
     """
 
     task: ClassVar[str]
+    wire: ClassVar[Wire]
     #: Lengths (tokens) the warm-up runs, so the first real requests do not pay for ORT's allocations.
     warmup_lengths: ClassVar[tuple[int, ...]] = (1, 8, 16, 32, 64, 128)
 
@@ -57,7 +103,7 @@ class Pipeline(ABC):
         self.runtime = runtime
 
     @abstractmethod
-    def preprocess(self, texts: Sequence[str], params: Mapping[str, Any]) -> list[Item]:
+    def preprocess(self, texts: Sequence[str], params: ParamsT) -> list[Item]:
         """Tokenise the texts of one request into one item per text (runs on the event loop)."""
 
     @abstractmethod
@@ -67,72 +113,45 @@ class Pipeline(ABC):
         Called in the batcher's worker thread; raising fails only the requests of this batch.
         """
 
-    def postprocess(self, output: Any, params: Mapping[str, Any]) -> Any:
-        """Turn one item's output into its wire result (runs on the event loop). Default: as is."""
+    def postprocess(self, output: Any, params: ParamsT) -> Any:
+        """Turn one item's output into its native wire result (runs on the event loop). Default: as is."""
         return output
+
+    @abstractmethod
+    def v2_columns(self, results: Sequence[Any]) -> dict[str, np.ndarray]:
+        """The V2 output tensors (one row per result, batch first) named as ``wire.outputs``."""
+
+    @abstractmethod
+    def cost_probe(self) -> CostProbe:
+        """How to time this pipeline at warm-up, or raise ``NotCalibrated`` saying why it cannot be."""
 
     def warmup_batches(self, max_batch_size: int) -> list[list[Item]]:
         """Batches the warm-up runs: each warm-up length, alone and as a full batch.
 
-        The default builds items of token id 1 ([UNK]) so it works for any tokenizer; a pipeline whose
-        ``Item.data`` is not a token id array overrides this.
+        The default builds items of ``[UNK]`` ids so it works for any token-id pipeline; a pipeline
+        whose ``Item.data`` is not a token id array overrides this.
         """
         lengths = [n for n in self.warmup_lengths if n <= self.card.max_length] or [self.card.max_length]
-        batches: list[list[Item]] = []
-        for n in lengths:
-            for size in sorted({1, max_batch_size}):
-                batches.append([Item(data=np.ones(n, dtype=np.int64), length=n) for _ in range(size)])
-        return batches
-
-    def cost_probe(self, size: int, length: int) -> list[Item]:
-        """A batch of ``size`` items of ``length`` tokens, timed at start-up to fit the batcher's cost model.
-
-        The default (token id 1, no key) suits token-id pipelines; a pipeline that needs a key (e.g.
-        translation's beam settings) overrides this with its default key.
-        """
-        return [Item(data=np.ones(length, dtype=np.int64), length=length) for _ in range(size)]
+        return [unk_items(size, n) for n in lengths for size in sorted({1, max_batch_size})]
 
     def warmup(self, max_batch_size: int) -> int:
-        """Run the warm-up batches (blocking; the dataplane calls it in a thread). Returns how many ran."""
+        """Run the warm-up batches (blocking; the registry calls it in a thread). Returns how many ran."""
         batches = self.warmup_batches(max_batch_size)
         for batch in batches:
             self.run_batch(batch)
         return len(batches)
 
-    def close(self) -> None:  # noqa: B027 - optional hook, most pipelines hold nothing to release
+    def close(self) -> None:
         """Release what the pipeline holds (sessions are dropped with it)."""
 
 
-_REGISTRY: dict[str, type[Pipeline]] = {}
+def unk_items(size: int, length: int, key: Hashable = None) -> list[Item]:
+    """``size`` items of ``length`` ``[UNK]`` ids: warm-up and cost probes of token-id pipelines."""
+    return [Item(np.full(length, UNK_ID, dtype=np.int64), length, key) for _ in range(size)]
 
 
-def register_pipeline(task: str) -> Callable[[type[Pipeline]], type[Pipeline]]:
-    """Class decorator: serve models whose ``model.json`` ``task`` is ``task`` with this class."""
-
-    def decorate(cls: type[Pipeline]) -> type[Pipeline]:
-        cls.task = task
-        _REGISTRY[task] = cls
-        return cls
-
-    return decorate
-
-
-def pipeline_class(task: str) -> type[Pipeline]:
-    """The pipeline class for a task, importing ``service.pipelines.<task>`` on first use."""
-    if task not in _REGISTRY:
-        try:
-            importlib.import_module(f"service.pipelines.{task}")
-        except ModuleNotFoundError as exc:
-            raise LookupError(f"no pipeline for task {task!r} (no module service.pipelines.{task})") from exc
-    if task not in _REGISTRY:
-        raise LookupError(f"service.pipelines.{task} does not register a pipeline for task {task!r}")
-    return _REGISTRY[task]
-
-
-def pad_batch(sequences: Sequence[np.ndarray], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pad int64 token id arrays into ``(input_ids [B, T], lengths [B])`` for the ONNX graphs."""
-    lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
-    ids = np.full((len(sequences), int(lengths.max(initial=1))), pad_id, dtype=np.int64)
-    for row, seq in enumerate(sequences):
-        ids[row, : len(seq)] = seq
-    return ids, lengths
+def bytes_column(texts: Sequence[str]) -> np.ndarray:
+    """A V2 BYTES column (object array of UTF-8 bytes) from strings."""
+    array = np.empty(len(texts), dtype=object)
+    array[:] = [text.encode("utf-8") for text in texts]
+    return array

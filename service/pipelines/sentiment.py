@@ -1,29 +1,50 @@
-"""Sentiment: texts → token ids (the model's own ``tokenizer.json``) → biLSTM → label probabilities.
+"""Sentiment: texts → word ids (the model's own ``tokenizer.json``) → biLSTM → label probabilities.
 
-The tokenizer saved with the model normalises raw user text the way training did; here it is only
-encoded, truncated to the card's ``max_length`` and padded per batch (``lengths`` tells the graph
-where each row ends, so padding does not change a text's answer).
+The tokenizer saved with the model normalises raw user text the way training did; encoding and
+truncation are ``lstm_core.encoding.encode_words``, the function training used, and batches are padded
+by ``lstm_core.padding.pad_batch`` (``lengths`` tells the graph where each row ends, so padding does
+not change a text's answer).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel
 from tokenizers import Tokenizer
 
-from service.model_card import ModelCard
-from service.pipelines.base import Item, Pipeline, pad_batch, register_pipeline
+from lstm_core.encoding import encode_words
+from lstm_core.graphs import SENTIMENT_FILE, SENTIMENT_INPUTS
+from lstm_core.model_card import ModelCard
+from lstm_core.padding import pad_batch
+from lstm_core.tokens import PAD_ID
+from service.pipelines.base import CostProbe, Item, NoParams, Pipeline, Wire, bytes_column, unk_items
+from service.pipelines.registry import register_pipeline
 from service.runtime import Runtime
 
-MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 
 
+class SentimentResult(BaseModel):
+    label: str
+    score: float
+    probabilities: dict[str, float]
+
+
 @register_pipeline("sentiment")
-class SentimentPipeline(Pipeline):
+class SentimentPipeline(Pipeline[NoParams]):
+    wire = Wire(
+        native_path="/v1/sentiment",
+        results_field="results",
+        result_type=SentimentResult,
+        schema_name="Sentiment",
+        outputs=("label", "probabilities"),
+        example=("It's a charming, often affecting journey!",),
+    )
+
     def __init__(self, card: ModelCard, folder: Path, runtime: Runtime) -> None:
         super().__init__(card, folder, runtime)
         if not card.labels:
@@ -32,28 +53,20 @@ class SentimentPipeline(Pipeline):
         self.tokenizer = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
-        self.pad_id = _token_id(self.tokenizer, "[PAD]", 0)
-        self.unk_id = _token_id(self.tokenizer, "[UNK]", 1)
-        self.session = runtime.session(folder / MODEL_FILE)
+        self.session = runtime.session(folder / SENTIMENT_FILE)
         self.output_name = self.session.get_outputs()[0].name
 
-    def preprocess(self, texts: Sequence[str], params: Mapping[str, Any]) -> list[Item]:
-        encodings = self.tokenizer.encode_batch(list(texts)) if len(texts) > 1 else [self.tokenizer.encode(texts[0])]
-        limit = self.card.max_length
-        items = []
-        for encoding in encodings:
-            ids = encoding.ids[:limit] or [self.unk_id]  # a text with no tokens is one unknown word
-            items.append(Item(np.asarray(ids, dtype=np.int64), len(ids)))
-        return items
+    def preprocess(self, texts: Sequence[str], params: NoParams) -> list[Item]:
+        ids = encode_words(self.tokenizer, texts, self.card.max_length)
+        return [Item(np.asarray(row, dtype=np.int64), len(row)) for row in ids]
 
     def run_batch(self, items: Sequence[Item]) -> list[Any]:
-        input_ids, lengths = pad_batch([item.data for item in items], self.pad_id)
-        (probabilities,) = self.runtime.run(
-            self.session, [self.output_name], {"input_ids": input_ids, "lengths": lengths}
-        )
+        input_ids, lengths = pad_batch([item.data for item in items], PAD_ID)
+        feeds = dict(zip(SENTIMENT_INPUTS, (input_ids, lengths), strict=True))
+        (probabilities,) = self.runtime.run(self.session, [self.output_name], feeds)
         return list(probabilities)
 
-    def postprocess(self, output: Any, params: Mapping[str, Any]) -> dict[str, Any]:
+    def postprocess(self, output: Any, params: NoParams) -> dict[str, Any]:
         probabilities = [float(p) for p in output]
         best = max(range(len(probabilities)), key=probabilities.__getitem__)
         return {
@@ -62,7 +75,12 @@ class SentimentPipeline(Pipeline):
             "probabilities": dict(zip(self.labels, probabilities, strict=True)),
         }
 
+    def v2_columns(self, results: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+        return {
+            "label": bytes_column([r["label"] for r in results]),
+            "probabilities": np.array([[r["probabilities"][x] for x in self.labels] for r in results], np.float32),
+        }
 
-def _token_id(tokenizer: Tokenizer, token: str, default: int) -> int:
-    found = tokenizer.token_to_id(token)
-    return default if found is None else found
+    def cost_probe(self) -> CostProbe:
+        """Rows of ``[UNK]``: one pass of the graph costs the same whatever ids it reads."""
+        return CostProbe(unk_items)

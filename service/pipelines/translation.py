@@ -2,24 +2,29 @@
 
 Each text is one batcher item keyed by ``(beam_size, max_length, length_penalty)`` — items decoded
 together must share the search settings — with its source length as its cost, so the batcher groups
-similar lengths. A batch is decoded by ``Seq2SeqRuntime`` (encoder once, then one decoder step per
-output token, stopping as soon as every sentence in the batch is finished); on CUDA the decoder state
-stays on the device between steps (IOBinding). Detokenisation is the target tokenizer's own decoder,
-run in the worker thread so the event loop only returns strings.
+similar lengths. Source encoding is ``lstm_core.encoding.encode_source``, the function training and
+export use. A batch is decoded by ``lstm_core.translation_runtime.Seq2SeqRuntime`` (encoder once, then
+one decoder step per output token, stopping as soon as every sentence in the batch is finished); on
+CUDA the decoder state stays on the device between steps (IOBinding). Detokenisation is the target
+tokenizer's own decoder, run in the worker thread so the event loop only returns strings.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 from tokenizers import Tokenizer
 
-from service.model_card import ModelCard
-from service.pipelines.base import Item, Pipeline, register_pipeline
-from service.pipelines.translation_runtime import DECODER_FILE, ENCODER_FILE, EOS_ID, UNK_ID, Seq2SeqRuntime
+from lstm_core.encoding import encode_source, probe_source
+from lstm_core.graphs import DECODER_FILE, ENCODER_FILE
+from lstm_core.model_card import ModelCard
+from lstm_core.tokens import EOS_ID, UNK_ID
+from lstm_core.translation_runtime import COST_PROBE, Seq2SeqRuntime
+from service.pipelines.base import CostProbe, Item, Pipeline, Wire, bytes_column
+from service.pipelines.registry import register_pipeline
 from service.runtime import Runtime
 
 SOURCE_TOKENIZER, TARGET_TOKENIZER = "source_tokenizer.json", "target_tokenizer.json"
@@ -27,8 +32,25 @@ DEFAULT_BEAM, DEFAULT_ALPHA = 4, 0.6
 WARMUP_STEPS = 4  # warm-up decodes only a few steps: enough to allocate every shape class once
 
 
+class TranslateParams(BaseModel):
+    """The search settings a request may choose (native body fields, V2 request parameters)."""
+
+    model_config = ConfigDict(extra="forbid")
+    beam_size: int = Field(4, ge=1, le=8, description="beam width (1 = greedy)")
+    max_length: int = Field(128, ge=1, le=256, description="most output tokens per translation")
+
+
 @register_pipeline("translation")
-class TranslationPipeline(Pipeline):
+class TranslationPipeline(Pipeline[TranslateParams]):
+    wire = Wire(
+        native_path="/v1/translate",
+        results_field="translations",
+        result_type=str,
+        schema_name="Translate",
+        outputs=("translation",),
+        params=TranslateParams,
+        example=("A man is riding a bicycle.",),
+    )
     warmup_lengths = (1, 8, 16, 32, 64)
 
     def __init__(self, card: ModelCard, folder: Path, runtime: Runtime) -> None:
@@ -43,33 +65,20 @@ class TranslationPipeline(Pipeline):
             runtime.options.cuda_device_id,
         )
         self.default_beam = int(card.serving.get("default_beam_size", DEFAULT_BEAM))
-        self.default_alpha = float(card.serving.get("length_penalty_alpha", DEFAULT_ALPHA))
+        self.alpha = float(card.serving.get("length_penalty_alpha", DEFAULT_ALPHA))
 
-    def _key(self, params: Mapping[str, Any]) -> tuple[int, int, float]:
-        beam = int(params.get("beam_size", self.default_beam))
-        if not 1 <= beam <= 8:
-            raise ValueError(f"beam_size must be 1..8, got {beam}")
-        max_length = int(params.get("max_length", self.card.max_length))
-        alpha = float(params.get("length_penalty", self.default_alpha))
-        return beam, max(1, max_length), alpha
-
-    def preprocess(self, texts: Sequence[str], params: Mapping[str, Any]) -> list[Item]:
-        key = self._key(params)
-        limit = self.card.max_length
-        items = []
-        for encoding in self.source.encode_batch(list(texts)):
-            ids = encoding.ids  # the tokenizer appends [EOS]
-            if len(ids) > limit:
-                ids = [*ids[: limit - 1], EOS_ID]
-            if len(ids) == 1:  # nothing but EOS (e.g. only unknown characters stripped): one unknown word
-                ids = [UNK_ID, EOS_ID]
-            items.append(Item(np.asarray(ids, dtype=np.int64), len(ids), key))
-        return items
+    def preprocess(self, texts: Sequence[str], params: TranslateParams) -> list[Item]:
+        key = (params.beam_size, params.max_length, self.alpha)
+        rows = encode_source(self.source, texts, self.card.max_length)
+        return [Item(np.asarray(ids, dtype=np.int64), len(ids), key) for ids in rows]
 
     def run_batch(self, items: Sequence[Item]) -> list[str]:
         beam, max_length, alpha = items[0].key
         hyps = self.model.search([item.data for item in items], beam, max_length, alpha)
         return self.target.decode_batch(hyps, skip_special_tokens=True)
+
+    def v2_columns(self, results: Sequence[str]) -> dict[str, np.ndarray]:
+        return {"translation": bytes_column(results)}
 
     def warmup_batches(self, max_batch_size: int) -> list[list[Item]]:
         """Greedy and beam batches of each warm-up length, alone and full, decoding a few steps only."""
@@ -78,5 +87,18 @@ class TranslationPipeline(Pipeline):
             ids = np.asarray([UNK_ID] * (n - 1) + [EOS_ID], dtype=np.int64) if n > 1 else np.asarray([EOS_ID])
             for beam in sorted({1, self.default_beam}):
                 for size in sorted({1, max_batch_size}):
-                    batches.append([Item(ids, n, (beam, WARMUP_STEPS, self.default_alpha)) for _ in range(size)])
+                    batches.append([Item(ids, n, (beam, WARMUP_STEPS, self.alpha)) for _ in range(size)])
         return batches
+
+    def cost_probe(self) -> CostProbe:
+        """Full searches at the default beam over a typical caption cut to ``length`` source tokens.
+
+        The batcher's length is the source length and decoding runs about as many steps as the source
+        has tokens, so ``max_length`` is the source length: cost then grows with length as in service.
+        """
+
+        def batch(size: int, length: int) -> list[Item]:
+            ids = np.asarray(probe_source(self.source, length), dtype=np.int64)
+            return [Item(ids, length, (self.default_beam, length, self.alpha)) for _ in range(size)]
+
+        return CostProbe(batch, COST_PROBE)

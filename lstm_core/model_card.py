@@ -1,16 +1,17 @@
 """``model.json``: the model card and the only contract between export and serving.
 
-Export writes it, the service reads it. It lives in ``service/`` (which never imports torch) so that
-both sides share one definition of the schema.
+Export writes it, the service reads it; one schema for both. ``task`` is any task name: the service
+looks up the pipeline registered for it, so a new task needs no change here.
 """
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from lstm_core.checksums import sha256_of
 
 MODEL_CARD_FILENAME = "model.json"
 
@@ -50,7 +51,7 @@ class ModelCard(BaseModel):
 
     name: str
     version: str
-    task: Literal["sentiment", "translation"]
+    task: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="the pipeline that serves it")
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     graphs: dict[str, GraphSpec]
@@ -63,7 +64,10 @@ class ModelCard(BaseModel):
     parity: dict[str, Any] = Field(default_factory=dict)
     created: str
     git_commit: str
-    serving: dict[str, Any] = Field(default_factory=dict, description="per-model overrides of batching settings")
+    serving: dict[str, Any] = Field(
+        default_factory=dict,
+        description="per-model serving defaults: batching knobs, task defaults, the measured cost_model",
+    )
 
     @classmethod
     def load(cls, folder: Path) -> ModelCard:
@@ -82,11 +86,3 @@ class ModelCard(BaseModel):
             if not path.is_file() or sha256_of(path) != expected:
                 bad.append(filename)
         return bad
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -1,7 +1,8 @@
 """The exported translation model under onnxruntime: encoder once, then one decoder step per token.
 
-numpy + onnxruntime only (the service never imports torch). ``Seq2SeqRuntime.stepper`` encodes a
-batch and returns the ``step`` function the shared search (``translation_search``) drives. On CPU the
+numpy + onnxruntime only (never torch): export runs it for parity and BLEU, the service to serve, so
+what export measured is what is served. ``Seq2SeqRuntime.stepper`` encodes a batch and returns the
+``step`` function the shared search (``translation_search``) drives. On CPU the
 step is a plain ``session.run``; when the decoder session runs on CUDA, the encoder states and the
 decoder state stay on the GPU between steps through IOBinding — per step only the previous tokens and
 the beam reorder index go up and the log-probabilities come down (the search picks tokens on the host).
@@ -15,15 +16,15 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from .base import pad_batch
-from .translation_search import StepFn, beam_search, greedy_search, output_limit
+from lstm_core.cost import ProbeShape
+from lstm_core.graphs import DECODER_FILE, DECODER_OUTPUTS, ENCODER_FILE, ENCODER_OUTPUTS
+from lstm_core.padding import pad_batch
+from lstm_core.tokens import BOS_ID, EOS_ID, PAD_ID
+from lstm_core.translation_search import StepFn, beam_search, greedy_search, output_limit
 
-ENCODER_FILE, DECODER_FILE = "encoder.onnx", "decoder.onnx"
-PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3  # fixed by the tokenizers (see model.json)
-ENCODER_INPUTS = ("src_ids", "src_lengths")
-ENCODER_OUTPUTS = ("enc_out", "enc_keys", "h", "c")
-DECODER_INPUTS = ("prev_token", "state_index", "h", "c", "enc_out", "enc_keys", "src_mask")
-DECODER_OUTPUTS = ("log_probs", "h_out", "c_out")
+# Cost probe batches for translation: a few short sentences, few repeats. Decoding costs far more per
+# token than sentiment's one pass, and every server start (and every test server) pays for the probe.
+COST_PROBE = ProbeShape(length=12, size=4, repeats=3)
 
 
 class _HostStepper:

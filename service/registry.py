@@ -1,0 +1,244 @@
+"""The model registry: loading, warm-up, cost calibration and readiness of every served model version.
+
+Apart from the request path (``service.dataplane``) so that each has one job: this object decides what
+is served and when it is ready; the dataplane only serves what this object holds. Loading runs in the
+background after start-up, so ``/healthz`` answers at once and ``/readyz`` says 503 until every model
+is loaded, warmed and calibrated. ``begin_shutdown`` (a stop signal arrived) makes readiness false at
+once; ``close`` drains every batcher and releases the models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from lstm_core.cost import UNMEASURED, CostModel, ProbeShape, fit_cost_model
+from lstm_core.model_card import ModelCard
+from service.batching import Batcher
+from service.errors import ModelNotFound, ModelNotReady
+from service.metrics import Metrics
+from service.pipelines.base import NotCalibrated, Pipeline
+from service.pipelines.registry import pipeline_class
+from service.repository import scan
+from service.runtime import Runtime
+from service.settings import BatchingSettings, Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class ServedModel:
+    """One loaded, warmed model version with its batcher."""
+
+    name: str
+    version: str
+    card: ModelCard
+    folder: Path
+    pipeline: Pipeline
+    batcher: Batcher
+    batching: BatchingSettings
+    labels: tuple[str, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.labels = (self.name, self.version)
+
+    @property
+    def task(self) -> str:
+        return self.card.task
+
+
+def wire_problem(card: ModelCard, pipeline: type[Pipeline]) -> str | None:
+    """Why the card's served tensors do not match what the task's pipeline reads and writes (None: they do)."""
+    wire = pipeline.wire
+    inputs = [(t.name, t.dtype) for t in card.inputs]
+    if inputs != [(wire.text_input, "BYTES")]:
+        return f"card inputs {inputs}, but task {card.task} reads one BYTES input {wire.text_input!r}"
+    outputs = sorted(t.name for t in card.outputs)
+    if outputs != sorted(wire.outputs):
+        return f"card outputs {outputs}, but task {card.task} writes {sorted(wire.outputs)}"
+    return None
+
+
+class ModelRegistry:
+    """The served models, their problems, and whether the server is ready, loading or stopping."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.runtime: Runtime | None = None
+        self.models: dict[str, ServedModel] = {}
+        self.problems: dict[str, str] = {}  # model name -> why it is not served
+        self.loaded = False
+        self._stopping = False
+        self._load_task: asyncio.Task[None] | None = None
+
+    # ---- life cycle ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Begin loading in the background (the server accepts connections meanwhile)."""
+        self._load_task = asyncio.get_running_loop().create_task(self._load(), name="load models")
+
+    def begin_shutdown(self) -> None:
+        """A stop signal arrived: readiness goes false at once, new inference is refused; queued work goes on."""
+        self._stopping = True
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    async def close(self) -> None:
+        """Stop taking work, finish every queued item, release the models."""
+        self.begin_shutdown()
+        if self._load_task is not None and not self._load_task.done():
+            self._load_task.cancel()
+        await asyncio.gather(*(m.batcher.close() for m in self.models.values()))
+        for model in self.models.values():
+            model.pipeline.close()
+
+    async def _load(self) -> None:
+        try:
+            self.runtime = await asyncio.to_thread(Runtime, self.settings.runtime_options())
+            found = await asyncio.to_thread(scan, self.settings.model_repository, self.settings.model_versions)
+            if not found:
+                self.problems["*"] = f"no models in {self.settings.model_repository}"
+                log.error("not ready: %s", self.problems["*"])
+            for mv in found:
+                if mv.problem or mv.card is None:
+                    self.problems[mv.name] = mv.problem or "refused"
+                    continue
+                try:
+                    self.models[mv.name] = await self._load_one(mv.name, mv.version, mv.folder, mv.card)
+                except Exception as exc:  # one broken model must not take down the others
+                    log.exception("refusing model %s version %s: loading failed", mv.name, mv.version)
+                    self.problems[mv.name] = f"loading failed: {type(exc).__name__}: {exc}"
+        except Exception as exc:  # e.g. provider=cuda without a GPU: stay up, not ready
+            log.exception("model loading failed")
+            self.problems["*"] = f"{type(exc).__name__}: {exc}"
+        self.loaded = True
+        # Everything loaded so far lives as long as the process: move it out of the collector's sight, so
+        # full collections under load scan only request garbage (they otherwise add tens of ms to the p99).
+        gc.collect()
+        gc.freeze()
+        if self.ready:
+            log.info("ready: serving %s", ", ".join(f"{m.name}/{m.version}" for m in self.models.values()))
+
+    async def _load_one(self, name: str, version: str, folder: Path, card: ModelCard) -> ServedModel:
+        assert self.runtime is not None
+        started = time.monotonic()
+        cls = pipeline_class(card.task)
+        problem = wire_problem(card, cls)
+        if problem:
+            raise ValueError(problem)
+        pipeline = await asyncio.to_thread(cls, card, folder, self.runtime)
+        batching = self.settings.batching_for(card.serving)
+        cost_model = CostModel.from_card(card.serving) or UNMEASURED
+        if self.settings.warmup:
+            count = await asyncio.to_thread(pipeline.warmup, batching.max_batch_size)
+            log.info("model %s/%s warmed up with %d batches", name, version, count)
+            cost_model = await asyncio.to_thread(calibrate, pipeline, batching, cost_model)
+        batcher = Batcher(pipeline, batching, self.metrics, name, version, cost_model)
+        batcher.start()
+        self.metrics.model_info.labels(name, version, self.runtime.provider).set(1)
+        log.info(
+            "model %s/%s loaded in %.2fs (task %s, provider %s, batching %s)",
+            name,
+            version,
+            time.monotonic() - started,
+            card.task,
+            self.runtime.provider,
+            batching.model_dump(),
+        )
+        return ServedModel(name, version, card, folder, pipeline, batcher, batching)
+
+    # ---- readiness and lookups ------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self.loaded and not self._stopping and bool(self.models) and not self.problems
+
+    def readiness(self) -> dict[str, Any]:
+        """Per-model state for ``/readyz``."""
+        states: dict[str, str] = {name: "ready" for name in self.models}
+        states.update({name: f"refused: {why}" for name, why in self.problems.items()})
+        if not self.loaded:
+            status = "loading"
+        elif self._stopping:
+            status = "stopping"
+        else:
+            status = "ready" if self.ready else "not ready"
+        return {"status": status, "models": states}
+
+    def get(self, name: str, version: str | None = None) -> ServedModel:
+        model = self.models.get(name)
+        if model is None:
+            if not self.loaded:
+                raise ModelNotReady(f"model {name!r} is still loading")
+            if name in self.problems:
+                raise ModelNotReady(f"model {name!r} is not served: {self.problems[name]}")
+            raise ModelNotFound(f"model {name!r} not found")
+        if version is not None and version != model.version:
+            raise ModelNotFound(f"model {name!r} version {version!r} not found (serving {model.version})")
+        return model
+
+    def find_for_task(self, task: str) -> ServedModel | None:
+        """The model serving a task, if exactly one does (the one named like the task wins)."""
+        named = self.models.get(task)
+        if named is not None and named.task == task:
+            return named
+        matches = [m for m in self.models.values() if m.task == task]
+        return matches[0] if len(matches) == 1 else None
+
+    def for_task(self, task: str) -> ServedModel:
+        """The model serving a task: the one named like the task, else the only one with that task."""
+        found = self.find_for_task(task)
+        if found is not None:
+            return found
+        if not self.loaded:
+            raise ModelNotReady(f"no {task} model loaded yet")
+        if task in self.problems:
+            raise ModelNotReady(f"the {task} model is not served: {self.problems[task]}")
+        several = any(m.task == task for m in self.models.values())
+        raise ModelNotFound(f"several {task} models" if several else f"no {task} model in the repository")
+
+    def cards(self) -> list[ModelCard]:
+        return [m.card for m in self.models.values()]
+
+
+def calibrate(pipeline: Pipeline, batching: BatchingSettings, default: CostModel) -> CostModel:
+    """Measure the batcher's cost model on the pipeline (blocking: run it in a thread after warm-up).
+
+    A pipeline that cannot be timed says why (``NotCalibrated``, logged at INFO) and keeps ``default``
+    (the card's ``serving.cost_model`` measured at export, else ``UNMEASURED``); a probe that fails or
+    gives timings that do not fit is a problem worth seeing, logged at WARNING, and keeps ``default`` too.
+    """
+    name = pipeline.card.name
+    source = "the model card's" if default is not UNMEASURED else "an unmeasured"
+    try:
+        probe = pipeline.cost_probe()
+    except NotCalibrated as why:
+        log.info("%s: no cost calibration (%s); using %s cost model", name, why, source)
+        return default
+    shape = ProbeShape(
+        length=max(2, min(probe.shape.length, pipeline.card.max_length)),
+        size=max(2, min(probe.shape.size, batching.max_batch_size)),
+        repeats=probe.shape.repeats,
+    )
+    try:
+        model = fit_cost_model(lambda size, length: partial(pipeline.run_batch, probe.batch(size, length)), shape)
+    except Exception as exc:
+        log.warning("%s: cost calibration failed (%s: %s); using %s cost model", name, type(exc).__name__, exc, source)
+        return default
+    log.info(
+        "%s: batch cost = %.0f µs + tokens × (%.1f µs + %.1f µs × items)",
+        name,
+        model.run * 1e6,
+        model.step * 1e6,
+        model.row * 1e6,
+    )
+    return model

@@ -1,0 +1,18 @@
+"""The onnxruntime knobs as plain data, apart from ``runtime.py`` so that reading settings never loads onnxruntime."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+ProviderChoice = Literal["auto", "cuda", "cpu"]
+GraphOptimization = Literal["disable", "basic", "extended", "all"]
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeOptions:
+    provider: ProviderChoice = "auto"
+    intra_op_threads: int = 1
+    inter_op_threads: int = 1
+    graph_optimization: GraphOptimization = "all"
+    cuda_device_id: int = 0
