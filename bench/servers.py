@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,32 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (a multi-process server's front ends and workers), from ``/proc``."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    return tree
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a live process so far (Linux ``/proc``; 0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class ServerHandle:
     """A running ``lstm-serve serve`` subprocess and where it listens."""
@@ -52,7 +79,12 @@ class ServerHandle:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def rss(self) -> int:
-        return rss_bytes(self.process.pid)
+        """Resident memory of the server: its process and every process it started."""
+        return sum(rss_bytes(pid) for pid in process_tree(self.process.pid))
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds of the server's whole process tree so far."""
+        return sum(cpu_seconds(pid) for pid in process_tree(self.process.pid))
 
     def wait_for_log(self, text: str, timeout: float = 30.0) -> str:
         """Block until ``text`` appears in the server's log (raises with the log after ``timeout``)."""
@@ -84,22 +116,31 @@ def _answers(url: str, path: str) -> bool:
 
 
 def launch_server(
-    overrides: dict[str, Any], log_dir: Path, timeout: float = READY_TIMEOUT_S, wait_for: str = "/readyz"
+    overrides: dict[str, Any],
+    log_dir: Path,
+    timeout: float = READY_TIMEOUT_S,
+    wait_for: str = "/readyz",
+    repo: Path = REPO_ROOT,
+    command: Sequence[str] = ("-m", "service"),
 ) -> ServerHandle:
     """Start a server with ``LSTM_SERVE_<KEY>=value`` for each override; return once ``wait_for`` is 200.
 
     ``wait_for="/healthz"`` returns as soon as the process is alive (for servers expected not to be ready).
+    ``repo``/``command``: another checkout's server (a baseline commit in a ``git worktree``; older commits
+    start with ``-m service.cli serve``), run from that checkout so its own code is imported.
     """
     port = free_port()
     env = dict(os.environ)
     env.update({f"LSTM_SERVE_{k.upper()}": str(v) for k, v in overrides.items()})
     env.update({"LSTM_SERVE_HOST": "127.0.0.1", "LSTM_SERVE_PORT": str(port), "PYTHONUNBUFFERED": "1"})
+    if repo != REPO_ROOT:  # its code first, whatever this venv's editable install points at
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo), env.get("PYTHONPATH")]))
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"server-{port}.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "service"],
-            cwd=REPO_ROOT,
+            [sys.executable, *command],
+            cwd=repo,
             env=env,
             stdout=log_file,
             stderr=subprocess.STDOUT,

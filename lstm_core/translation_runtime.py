@@ -42,15 +42,19 @@ class _HostStepper:
 
 
 class _DeviceStepper:
-    """CUDA path: encoder states bound once, decoder state kept as device OrtValues between steps."""
+    """Device path: encoder states bound once, decoder state kept as OrtValues on ``device`` between steps.
 
-    def __init__(self, decoder: ort.InferenceSession, enc: dict[str, np.ndarray], device_id: int) -> None:
-        self.decoder, self.device_id = decoder, device_id
+    ``device`` is ``(type, id)``: ``("cuda", n)`` in service on a GPU; ``("cpu", 0)`` runs the very same
+    IOBinding code on any machine, which is how CI tests it against the host path.
+    """
+
+    def __init__(self, decoder: ort.InferenceSession, enc: dict[str, np.ndarray], device: tuple[str, int]) -> None:
+        self.decoder, (self.device_type, self.device_id) = decoder, device
         self.binding = decoder.io_binding()
         for name in ("enc_out", "enc_keys", "src_mask"):
-            self.binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(enc[name], "cuda", device_id))
-        self.h = ort.OrtValue.ortvalue_from_numpy(enc["h"], "cuda", device_id)
-        self.c = ort.OrtValue.ortvalue_from_numpy(enc["c"], "cuda", device_id)
+            self.binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(enc[name], *device))
+        self.h = ort.OrtValue.ortvalue_from_numpy(enc["h"], *device)
+        self.c = ort.OrtValue.ortvalue_from_numpy(enc["c"], *device)
 
     def __call__(self, prev_tokens: np.ndarray, state_index: np.ndarray) -> np.ndarray:
         b = self.binding
@@ -59,8 +63,8 @@ class _DeviceStepper:
         b.bind_ortvalue_input("h", self.h)
         b.bind_ortvalue_input("c", self.c)
         b.bind_output("log_probs", "cpu")
-        b.bind_output("h_out", "cuda", self.device_id)
-        b.bind_output("c_out", "cuda", self.device_id)
+        b.bind_output("h_out", self.device_type, self.device_id)
+        b.bind_output("c_out", self.device_type, self.device_id)
         self.decoder.run_with_iobinding(b)
         log_probs, self.h, self.c = b.get_outputs()
         return log_probs.numpy()
@@ -69,9 +73,11 @@ class _DeviceStepper:
 class Seq2SeqRuntime:
     """Encoder and one-step decoder sessions of one version folder."""
 
-    def __init__(self, encoder: ort.InferenceSession, decoder: ort.InferenceSession, cuda_device_id: int = 0) -> None:
-        self.encoder, self.decoder, self.cuda_device_id = encoder, decoder, cuda_device_id
-        self.on_cuda = decoder.get_providers()[0] == "CUDAExecutionProvider"
+    def __init__(
+        self, encoder: ort.InferenceSession, decoder: ort.InferenceSession, device: tuple[str, int] | None = None
+    ) -> None:
+        """``device``: keep the decoder state there between steps (IOBinding); None: plain ``run`` on numpy."""
+        self.encoder, self.decoder, self.device = encoder, decoder, device
 
     @classmethod
     def from_folder(cls, folder: Path, providers: Sequence[str] = ("CPUExecutionProvider",)) -> Seq2SeqRuntime:
@@ -94,9 +100,9 @@ class Seq2SeqRuntime:
 
     def stepper(self, src_ids: np.ndarray, lengths: np.ndarray, copies: int = 1) -> StepFn:
         enc = self.encode(src_ids, lengths, copies)
-        return (
-            _DeviceStepper(self.decoder, enc, self.cuda_device_id) if self.on_cuda else _HostStepper(self.decoder, enc)
-        )
+        if self.device is not None:
+            return _DeviceStepper(self.decoder, enc, self.device)
+        return _HostStepper(self.decoder, enc)
 
     def search(
         self, rows: Sequence[Sequence[int]], beam_size: int = 1, max_length: int = 128, alpha: float = 0.6

@@ -21,17 +21,20 @@ from service.errors import install_error_handlers
 from service.metrics import Metrics
 from service.middleware import BodyLimitMiddleware, MetricsMiddleware
 from service.pipelines.registry import discover
-from service.registry import ModelRegistry
+from service.registry import ModelRegistry, ServedModels
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, registry: ServedModels | None = None, metrics: Metrics | None = None
+) -> FastAPI:
+    """The app of a single-process server (it loads the models), or of a front end given its ``registry``."""
     settings = settings or Settings()
     tasks = discover(settings.task_modules)
-    metrics = Metrics()
-    registry = ModelRegistry(settings, metrics)
+    metrics = metrics or Metrics()
+    registry = registry or ModelRegistry(settings, metrics)
     dataplane = DataPlane(registry, settings, metrics)
 
     @asynccontextmanager

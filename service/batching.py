@@ -128,6 +128,10 @@ class Batcher:
         self._wakeup.set()
         return job
 
+    def cancel(self, job: Job) -> None:
+        """No one waits for this job any more (client gone, deadline passed): its queued items are dropped."""
+        job.cancelled = True
+
     async def close(self) -> None:
         """Refuse new work, finish what is queued, stop the worker."""
         self._closing = True

@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from service.batching import Job
 from service.errors import ClientGone, DeadlineExceeded, InvalidInput, QueueFull, ShuttingDown
 from service.metrics import Metrics
-from service.registry import ModelRegistry, ServedModel
+from service.registry import ServedModel, ServedModels
 from service.settings import Settings
 
 
@@ -44,7 +44,7 @@ class Inference:
 
 
 class DataPlane:
-    def __init__(self, registry: ModelRegistry, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, registry: ServedModels, settings: Settings, metrics: Metrics) -> None:
         self.registry = registry
         self.settings = settings
         self.metrics = metrics
@@ -106,7 +106,7 @@ class DataPlane:
                 waiters, timeout=max(deadline - time.monotonic(), 0.0), return_when=asyncio.FIRST_COMPLETED
             )
         except asyncio.CancelledError:
-            job.cancelled = True
+            model.batcher.cancel(job)
             self.metrics.rejected_total.labels(*model.labels, "cancelled").inc()
             raise
         finally:
@@ -114,7 +114,7 @@ class DataPlane:
                 watcher.cancel()
         if job.future in done:
             return job.future.result()
-        job.cancelled = True  # queued items are dropped before compute
+        model.batcher.cancel(job)  # queued items are dropped before compute
         if done:
             self.metrics.rejected_total.labels(*model.labels, "cancelled").inc()
             raise ClientGone("client disconnected")

@@ -4,9 +4,20 @@ Labels are only ``model``, ``version``, ``endpoint`` (a route template, never a 
 ``reason`` and ``provider``, so cardinality stays bounded whatever clients send. Each app owns its own
 registry (plus process metrics such as ``process_resident_memory_bytes``), so several apps can live in
 one test process.
+
+With several processes (``workers`` > 1) the supervisor sets ``PROMETHEUS_MULTIPROC_DIR`` and every
+process writes its samples there (prometheus-client's multiprocess mode); ``/metrics``, answered by any
+front end, merges them, so operators see one server with the same names and labels: counters and
+histograms add up, each gauge says how (``livesum``: queued items and requests in flight over live
+processes; ``livemax``: the queue bound, model info). ``process_resident_memory_bytes`` and
+``process_cpu_seconds_total`` then add up every live process of the server.
 """
 
 from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -18,7 +29,9 @@ from prometheus_client import (
     ProcessCollector,
     disable_created_metrics,
     generate_latest,
+    multiprocess,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 # `_created` series double the exposition size and no dashboard or alert reads them.
 disable_created_metrics()
@@ -34,7 +47,8 @@ RATIO_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 class Metrics:
     """All collectors of one app, on one registry."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, pids: Callable[[], list[int]] | None = None) -> None:
+        """``pids``: the processes of a multi-process server, for the summed process metrics."""
         self.registry = registry or CollectorRegistry()
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
@@ -67,24 +81,71 @@ class Metrics:
         self.rejected_total = Counter(
             f"{PREFIX}_rejected_total", "Requests or items refused, per reason.", (*mv, "reason"), registry=reg
         )
-        self.queue_items = Gauge(f"{PREFIX}_queue_items", "Items waiting in the batch queue.", mv, registry=reg)
+        self.queue_items = Gauge(
+            f"{PREFIX}_queue_items", "Items waiting in the batch queue.", mv, registry=reg, multiprocess_mode="livesum"
+        )
         # The queue's bound, so alerts and dashboards read "how full" without copying the setting.
         self.queue_capacity_items = Gauge(
-            f"{PREFIX}_queue_capacity_items", "Most items the batch queue holds before 503.", mv, registry=reg
+            f"{PREFIX}_queue_capacity_items",
+            "Most items the batch queue holds before 503.",
+            mv,
+            registry=reg,
+            multiprocess_mode="livemax",
         )
-        self.inflight_requests = Gauge(f"{PREFIX}_inflight_requests", "Requests being served.", mv, registry=reg)
+        self.inflight_requests = Gauge(
+            f"{PREFIX}_inflight_requests", "Requests being served.", mv, registry=reg, multiprocess_mode="livesum"
+        )
         self.model_info = Gauge(
             f"{PREFIX}_model_info",
             "1 for each served model version, with its provider.",
             (*mv, "provider"),
             registry=reg,
+            multiprocess_mode="livemax",
         )
         self._gpu = _GpuMetrics(reg)
+        self._pids = pids
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type, refreshing GPU gauges where NVML answers."""
         self._gpu.refresh()
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        if not multiprocess_dir():
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged)
+        PlatformCollector(registry=merged)
+        if self._pids is not None:
+            merged.register(AllProcessesCollector(self._pids))
+        return generate_latest(merged), CONTENT_TYPE_LATEST
+
+
+def multiprocess_dir() -> str | None:
+    """Where the processes of a multi-process server write their samples (None: one process)."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class AllProcessesCollector:
+    """``process_resident_memory_bytes`` and ``process_cpu_seconds_total`` summed over the server's processes.
+
+    The standard process collector describes the process that answers ``/metrics``; with several
+    processes that would be one front end, and the dashboard's memory panel would miss the rest.
+    """
+
+    def __init__(self, pids: Callable[[], list[int]]) -> None:
+        self.pids = pids
+        self.tick = os.sysconf("SC_CLK_TCK")
+        self.page = os.sysconf("SC_PAGE_SIZE")
+
+    def collect(self) -> Iterator[Metric]:
+        rss = cpu = 0.0
+        for pid in self.pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # exited since the table was read
+                continue
+            cpu += (int(fields[11]) + int(fields[12])) / self.tick
+            rss += int(fields[21]) * self.page
+        yield GaugeMetricFamily("process_resident_memory_bytes", "Resident memory of all server processes.", rss)
+        yield CounterMetricFamily("process_cpu_seconds_total", "CPU seconds of all live server processes.", cpu)
 
 
 class _GpuMetrics:
@@ -100,8 +161,19 @@ class _GpuMetrics:
         except Exception:  # no NVML, no GPU: the gauges are simply absent
             return
         # No label: the service uses one GPU (device 0), and "gpu" is not one of the allowed labels.
-        self.memory = Gauge(f"{PREFIX}_gpu_memory_used_bytes", "GPU memory in use (device 0).", registry=registry)
-        self.util = Gauge(f"{PREFIX}_gpu_utilization_ratio", "GPU utilisation 0..1 (device 0).", registry=registry)
+        mode = "mostrecent"  # with several processes: one device, whichever process read it last
+        self.memory = Gauge(
+            f"{PREFIX}_gpu_memory_used_bytes",
+            "GPU memory in use (device 0).",
+            registry=registry,
+            multiprocess_mode=mode,
+        )
+        self.util = Gauge(
+            f"{PREFIX}_gpu_utilization_ratio",
+            "GPU utilisation 0..1 (device 0).",
+            registry=registry,
+            multiprocess_mode=mode,
+        )
 
     def refresh(self) -> None:
         if self._nvml is None:

@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import error_response
 from service.metrics import Metrics
-from service.registry import ModelRegistry
+from service.registry import ServedModels
 
 UNMATCHED = "unmatched"
 
@@ -74,7 +74,7 @@ class MetricsMiddleware:
         self,
         app: ASGIApp,
         metrics: Metrics,
-        registry: ModelRegistry,
+        registry: ServedModels,
         route_tasks: Mapping[str, str],
         skip: tuple[str, ...] = ("/metrics",),
     ) -> None:

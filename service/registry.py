@@ -65,24 +65,26 @@ def wire_problem(card: ModelCard, pipeline: type[Pipeline]) -> str | None:
     return None
 
 
-class ModelRegistry:
-    """The served models, their problems, and whether the server is ready, loading or stopping."""
+class ServedModels:
+    """What the request path asks of a registry: the served models, their problems, readiness, lookups.
 
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
-        self.settings = settings
-        self.metrics = metrics
-        self.runtime: Runtime | None = None
+    Two registries answer it: ``ModelRegistry`` (this process loads and runs the models) and
+    ``service.remote.RemoteRegistry`` (a front-end process whose models run in inference workers).
+    """
+
+    def __init__(self) -> None:
         self.models: dict[str, ServedModel] = {}
         self.problems: dict[str, str] = {}  # model name -> why it is not served
         self.loaded = False
         self._stopping = False
-        self._load_task: asyncio.Task[None] | None = None
-
-    # ---- life cycle ---------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Begin loading in the background (the server accepts connections meanwhile)."""
-        self._load_task = asyncio.get_running_loop().create_task(self._load(), name="load models")
+        """Begin loading (or connecting) in the background; called from the app's lifespan."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Finish or hand back everything accepted, then release what is held."""
+        raise NotImplementedError
 
     def begin_shutdown(self) -> None:
         """A stop signal arrived: readiness goes false at once, new inference is refused; queued work goes on."""
@@ -91,6 +93,74 @@ class ModelRegistry:
     @property
     def stopping(self) -> bool:
         return self._stopping
+
+    @property
+    def ready(self) -> bool:
+        return self.loaded and not self._stopping and bool(self.models) and not self.problems
+
+    def readiness(self) -> dict[str, Any]:
+        """Per-model state for ``/readyz``."""
+        states: dict[str, str] = {name: "ready" for name in self.models}
+        states.update({name: f"refused: {why}" for name, why in self.problems.items()})
+        if not self.loaded:
+            status = "loading"
+        elif self._stopping:
+            status = "stopping"
+        else:
+            status = "ready" if self.ready else "not ready"
+        return {"status": status, "models": states}
+
+    def get(self, name: str, version: str | None = None) -> ServedModel:
+        model = self.models.get(name)
+        if model is None:
+            if not self.loaded:
+                raise ModelNotReady(f"model {name!r} is still loading")
+            if name in self.problems:
+                raise ModelNotReady(f"model {name!r} is not served: {self.problems[name]}")
+            raise ModelNotFound(f"model {name!r} not found")
+        if version is not None and version != model.version:
+            raise ModelNotFound(f"model {name!r} version {version!r} not found (serving {model.version})")
+        return model
+
+    def find_for_task(self, task: str) -> ServedModel | None:
+        """The model serving a task, if exactly one does (the one named like the task wins)."""
+        named = self.models.get(task)
+        if named is not None and named.task == task:
+            return named
+        matches = [m for m in self.models.values() if m.task == task]
+        return matches[0] if len(matches) == 1 else None
+
+    def for_task(self, task: str) -> ServedModel:
+        """The model serving a task: the one named like the task, else the only one with that task."""
+        found = self.find_for_task(task)
+        if found is not None:
+            return found
+        if not self.loaded:
+            raise ModelNotReady(f"no {task} model loaded yet")
+        if task in self.problems:
+            raise ModelNotReady(f"the {task} model is not served: {self.problems[task]}")
+        several = any(m.task == task for m in self.models.values())
+        raise ModelNotFound(f"several {task} models" if several else f"no {task} model in the repository")
+
+    def cards(self) -> list[ModelCard]:
+        return [m.card for m in self.models.values()]
+
+
+class ModelRegistry(ServedModels):
+    """The served models, their problems, and whether the server is ready, loading or stopping."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        super().__init__()
+        self.settings = settings
+        self.metrics = metrics
+        self.runtime: Runtime | None = None
+        self._load_task: asyncio.Task[None] | None = None
+
+    # ---- life cycle ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Begin loading in the background (the server accepts connections meanwhile)."""
+        self._load_task = asyncio.get_running_loop().create_task(self._load(), name="load models")
 
     async def close(self) -> None:
         """Stop taking work, finish every queued item, release the models."""
@@ -155,59 +225,6 @@ class ModelRegistry:
             batching.model_dump(),
         )
         return ServedModel(name, version, card, folder, pipeline, batcher, batching)
-
-    # ---- readiness and lookups ------------------------------------------------------------------------
-
-    @property
-    def ready(self) -> bool:
-        return self.loaded and not self._stopping and bool(self.models) and not self.problems
-
-    def readiness(self) -> dict[str, Any]:
-        """Per-model state for ``/readyz``."""
-        states: dict[str, str] = {name: "ready" for name in self.models}
-        states.update({name: f"refused: {why}" for name, why in self.problems.items()})
-        if not self.loaded:
-            status = "loading"
-        elif self._stopping:
-            status = "stopping"
-        else:
-            status = "ready" if self.ready else "not ready"
-        return {"status": status, "models": states}
-
-    def get(self, name: str, version: str | None = None) -> ServedModel:
-        model = self.models.get(name)
-        if model is None:
-            if not self.loaded:
-                raise ModelNotReady(f"model {name!r} is still loading")
-            if name in self.problems:
-                raise ModelNotReady(f"model {name!r} is not served: {self.problems[name]}")
-            raise ModelNotFound(f"model {name!r} not found")
-        if version is not None and version != model.version:
-            raise ModelNotFound(f"model {name!r} version {version!r} not found (serving {model.version})")
-        return model
-
-    def find_for_task(self, task: str) -> ServedModel | None:
-        """The model serving a task, if exactly one does (the one named like the task wins)."""
-        named = self.models.get(task)
-        if named is not None and named.task == task:
-            return named
-        matches = [m for m in self.models.values() if m.task == task]
-        return matches[0] if len(matches) == 1 else None
-
-    def for_task(self, task: str) -> ServedModel:
-        """The model serving a task: the one named like the task, else the only one with that task."""
-        found = self.find_for_task(task)
-        if found is not None:
-            return found
-        if not self.loaded:
-            raise ModelNotReady(f"no {task} model loaded yet")
-        if task in self.problems:
-            raise ModelNotReady(f"the {task} model is not served: {self.problems[task]}")
-        several = any(m.task == task for m in self.models.values())
-        raise ModelNotFound(f"several {task} models" if several else f"no {task} model in the repository")
-
-    def cards(self) -> list[ModelCard]:
-        return [m.card for m in self.models.values()]
 
 
 def calibrate(pipeline: Pipeline, batching: BatchingSettings, default: CostModel) -> CostModel:

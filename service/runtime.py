@@ -104,6 +104,17 @@ class Runtime:
         """``cuda`` or ``cpu``: where OrtValues of this runtime live."""
         return "cuda" if self.provider == CUDA else "cpu"
 
+    @property
+    def binding_device(self) -> tuple[str, int] | None:
+        """Where IOBinding keeps outputs and state: ``("cuda", id)`` on a GPU, else None (plain ``run``).
+
+        ``RuntimeOptions.io_binding=True`` binds on the CPU too, so both IOBinding paths (``run`` and
+        translation's device stepper) run and are checked against the plain path on any machine.
+        """
+        if self.provider == CUDA:
+            return ("cuda", self.options.cuda_device_id)
+        return ("cpu", 0) if self.options.io_binding else None
+
     def session_options(self) -> ort.SessionOptions:
         so = ort.SessionOptions()
         so.graph_optimization_level = _OPT_LEVELS[self.options.graph_optimization]
@@ -139,15 +150,17 @@ class Runtime:
     ) -> list[np.ndarray]:
         """Run a session and return numpy outputs.
 
-        CPU: plain ``session.run``. CUDA: IOBinding, so inputs are copied once and outputs are allocated
-        on the device by onnxruntime (no host round trip inside the graph) and copied back once.
+        CPU: plain ``session.run``. CUDA (or ``io_binding`` on CPU): IOBinding, so inputs are copied once
+        and outputs are allocated on the device by onnxruntime (no host round trip inside the graph) and
+        copied back once.
         """
-        if self.provider != CUDA:
+        device = self.binding_device
+        if device is None:
             return session.run(list(output_names), dict(feeds))
         binding = session.io_binding()
         for name, value in feeds.items():
             binding.bind_cpu_input(name, value)
         for name in output_names:
-            binding.bind_output(name, "cuda", self.options.cuda_device_id)
+            binding.bind_output(name, *device)
         session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()

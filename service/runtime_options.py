@@ -16,3 +16,5 @@ class RuntimeOptions:
     inter_op_threads: int = 1
     graph_optimization: GraphOptimization = "all"
     cuda_device_id: int = 0
+    #: Use the IOBinding paths on CPU too (tests: the GPU code runs in CI, bound to CPU OrtValues).
+    io_binding: bool = False

@@ -15,7 +15,8 @@ from types import FrameType
 import uvicorn
 
 from service.app import create_app
-from service.registry import ModelRegistry
+from service.layout import process_layout
+from service.registry import ServedModels
 from service.settings import Settings
 
 
@@ -30,6 +31,7 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--model-repository", help="model repository folder (LSTM_SERVE_MODEL_REPOSITORY)")
     parser.add_argument("--provider", choices=["auto", "cuda", "cpu"], help="LSTM_SERVE_PROVIDER")
     parser.add_argument("--max-batch-size", type=int, help="LSTM_SERVE_MAX_BATCH_SIZE (1 = no batching)")
+    parser.add_argument("--workers", type=int, help="LSTM_SERVE_WORKERS (HTTP processes; 0 = auto)")
     parser.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
     return parser.parse_args(list(argv))
 
@@ -41,7 +43,7 @@ class _Server(uvicorn.Server):
     get 503 + ``Connection: close``, while everything already accepted is finished.
     """
 
-    def __init__(self, config: uvicorn.Config, registry: ModelRegistry) -> None:
+    def __init__(self, config: uvicorn.Config, registry: ServedModels) -> None:
         super().__init__(config)
         self.registry = registry
 
@@ -50,23 +52,36 @@ class _Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parse(argv or [])
-    overrides = {k: v for k, v in vars(args).items() if v is not None}
-    settings = Settings(**overrides)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(settings)
-    config = uvicorn.Config(
-        app,
+def uvicorn_config(app: object, settings: Settings) -> uvicorn.Config:
+    """uvicorn's settings for a server process (the single one, or each front end)."""
+    return uvicorn.Config(
+        app,  # type: ignore[arg-type]
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        log_config=None,  # keep the basicConfig format above for uvicorn's loggers too
+        log_config=None,  # keep the basicConfig format for uvicorn's loggers too
         access_log=False,  # per-request logging costs more than the inference; metrics count requests
         timeout_graceful_shutdown=settings.graceful_timeout_s,
         lifespan="on",
     )
-    server = _Server(config, app.state.registry)
+
+
+def configure_logging(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse(argv or [])
+    overrides = {k: v for k, v in vars(args).items() if v is not None}
+    settings = Settings(**overrides)
+    configure_logging(settings)
+    layout = process_layout(settings)
+    if layout.frontends > 1:
+        from service.supervisor import Supervisor
+
+        return Supervisor(settings, layout, overrides).run()
+    app = create_app(settings)
+    server = _Server(uvicorn_config(app, settings), app.state.registry)
     # uvicorn re-raises the signal it caught once it has shut down; a no-op handler makes that re-raise
     # harmless, so a drained SIGTERM exits 0 (not -15) as orchestrators expect from a clean stop.
     signal.signal(signal.SIGTERM, lambda *_: None)

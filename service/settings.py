@@ -42,6 +42,15 @@ class Settings(BaseSettings):
         default_factory=dict, description='pin versions, JSON: {"sentiment": "1"} (default: highest)'
     )
     provider: ProviderChoice = Field("auto", description="auto = CUDA if onnxruntime-gpu sees a GPU, else CPU")
+    workers: int = Field(
+        0,
+        ge=0,
+        description="HTTP front-end processes; >1 adds one inference process per device. 0 = auto: "
+        "CUDA: CPUs - GPUs (2..8); CPU: CPUs // 2 (1..4), so 1 process on 2 cores",
+    )
+    cuda_device_ids: list[int] = Field(
+        default_factory=lambda: [0], description="GPUs to serve on, JSON: [0, 1]; one inference process each"
+    )
     intra_op_threads: int = Field(1, ge=0, description="onnxruntime intra-op threads per session (0 = ORT picks)")
     inter_op_threads: int = Field(1, ge=0, description="onnxruntime inter-op threads per session")
     graph_optimization: GraphOptimization = Field("all", description="onnxruntime graph optimisation level")
@@ -90,6 +99,7 @@ class Settings(BaseSettings):
             intra_op_threads=self.intra_op_threads,
             inter_op_threads=self.inter_op_threads,
             graph_optimization=self.graph_optimization,
+            cuda_device_id=self.cuda_device_ids[0] if self.cuda_device_ids else 0,
         )
 
     def batching_for(self, serving: dict[str, Any]) -> BatchingSettings:

@@ -1,5 +1,9 @@
 """Behaviour under load, against real servers: batching forms, full queue → 503, deadline → 504,
-disconnected clients' items are dropped, SIGTERM drains. Nothing here asserts a speed."""
+disconnected clients' items are dropped, SIGTERM drains. Nothing here asserts a speed.
+
+Every test runs twice: on a single-process server (``workers=1``) and on two front-end processes
+feeding one inference worker (``workers=2``), where the queue, deadlines and cancellation cross the IPC.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import pytest
 
 from bench.servers import ServerHandle
 
@@ -22,6 +27,11 @@ TEXTS = [
     "one of the greatest family-oriented , fantasy-adventure movies ever .",
 ]
 LONG = [" ".join(["good", "bad"] * 64)]
+
+
+@pytest.fixture(params=[1, 2], ids=["one-process", "two-front-ends"])
+def workers(request: pytest.FixtureRequest) -> int:
+    return request.param
 
 
 def metric(server: ServerHandle, name: str, **labels: str) -> float:
@@ -47,7 +57,8 @@ def crowd(server: ServerHandle, requests: list[list[str]]) -> list[httpx.Respons
         return list(pool.map(lambda texts: send(server, texts), requests))
 
 
-def test_batches_of_more_than_one_item_form_under_concurrency(live_server: ServerHandle) -> None:
+def test_batches_of_more_than_one_item_form_under_concurrency(start_server, workers: int) -> None:
+    live_server = start_server(workers=workers)
     batches_before = metric(live_server, "lstm_serve_batch_size_count")
     singles_before = metric(live_server, "lstm_serve_batch_size_bucket", le="1.0")
     items_before = metric(live_server, "lstm_serve_items_total")
@@ -60,8 +71,8 @@ def test_batches_of_more_than_one_item_form_under_concurrency(live_server: Serve
     assert batches < 96
 
 
-def test_full_queue_answers_503_with_retry_after(start_server) -> None:
-    server = start_server(max_queue_items=8, max_batch_size=1)
+def test_full_queue_answers_503_with_retry_after(start_server, workers: int) -> None:
+    server = start_server(max_queue_items=8, max_batch_size=1, workers=workers)
     responses = crowd(server, [TEXTS for _ in range(24)])  # 96 items offered to an 8-item queue
     statuses = [r.status_code for r in responses]
     assert 503 in statuses and 200 in statuses, statuses
@@ -72,8 +83,8 @@ def test_full_queue_answers_503_with_retry_after(start_server) -> None:
     assert send(server, TEXTS[:1]).status_code == 200  # and it recovers
 
 
-def test_deadline_answers_504(start_server) -> None:
-    server = start_server(request_timeout_s=0.05, max_batch_size=1)
+def test_deadline_answers_504(start_server, workers: int) -> None:
+    server = start_server(request_timeout_s=0.05, max_batch_size=1, workers=workers)
     responses = crowd(server, [TEXTS * 16 for _ in range(8)])  # 512 single-item batches, 50 ms each
     statuses = [r.status_code for r in responses]
     assert 504 in statuses, statuses
@@ -93,8 +104,8 @@ def wait_for(server: ServerHandle, name: str, at_least: float, timeout: float = 
         time.sleep(0.01)
 
 
-def test_disconnected_client_items_are_dropped(start_server) -> None:
-    server = start_server(max_batch_size=1)
+def test_disconnected_client_items_are_dropped(start_server, workers: int) -> None:
+    server = start_server(max_batch_size=1, workers=workers)
     items_before = metric(server, "lstm_serve_items_total")
     clients = [httpx.Client(timeout=60) for _ in range(4)]
     barrier = threading.Barrier(5)
@@ -125,8 +136,8 @@ def test_disconnected_client_items_are_dropped(start_server) -> None:
     assert metric(server, "lstm_serve_items_total") - items_before < 256 + 64
 
 
-def test_sigterm_finishes_accepted_work_and_exits_0(start_server) -> None:
-    server = start_server(fresh=True, max_batch_size=1)
+def test_sigterm_finishes_accepted_work_and_exits_0(start_server, workers: int) -> None:
+    server = start_server(fresh=True, max_batch_size=1, workers=workers)
     n = 12
     results: list[httpx.Response | Exception] = []
     lock = threading.Lock()

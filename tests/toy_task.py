@@ -44,7 +44,8 @@ class ByteCountPipeline(Pipeline[CountParams]):
 
     def __init__(self, card: ModelCard, folder: Path, runtime: Any) -> None:
         super().__init__(card, folder, runtime)
-        self.session = runtime.session(folder / GRAPH_FILE)
+        if runtime is not None:  # None in a front-end process
+            self.session = runtime.session(folder / GRAPH_FILE)
 
     def preprocess(self, texts: Sequence[str], params: CountParams) -> list[Item]:
         rows = [np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int64) for text in texts]

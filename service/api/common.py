@@ -5,14 +5,14 @@ from __future__ import annotations
 from fastapi import Request
 
 from service.dataplane import DataPlane
-from service.registry import ModelRegistry
+from service.registry import ServedModels
 
 
 def dataplane(request: Request) -> DataPlane:
     return request.app.state.dataplane
 
 
-def registry(request: Request) -> ModelRegistry:
+def registry(request: Request) -> ServedModels:
     return request.app.state.registry
 
 

@@ -90,6 +90,11 @@ class Pipeline(ABC, Generic[ParamsT]):
     shared ``Runtime`` (which creates onnxruntime sessions on the chosen provider); ``warmup()`` and the
     cost probe run before the model reports ready; then ``preprocess`` (event loop, must be cheap),
     ``run_batch`` (worker thread, never on the event loop) and ``postprocess`` (event loop) serve requests.
+
+    With several processes (``workers`` > 1) a pipeline is built twice: in the inference worker with
+    the ``Runtime`` (it runs ``run_batch``), and in every front-end process with ``runtime=None`` (it
+    runs ``preprocess``, ``postprocess`` and ``v2_columns``): a constructor must then load only what
+    those need (tokenizers, labels), no session.
     """
 
     task: ClassVar[str]
@@ -97,7 +102,7 @@ class Pipeline(ABC, Generic[ParamsT]):
     #: Lengths (tokens) the warm-up runs, so the first real requests do not pay for ORT's allocations.
     warmup_lengths: ClassVar[tuple[int, ...]] = (1, 8, 16, 32, 64, 128)
 
-    def __init__(self, card: ModelCard, folder: Path, runtime: Runtime) -> None:
+    def __init__(self, card: ModelCard, folder: Path, runtime: Runtime | None) -> None:
         self.card = card
         self.folder = folder
         self.runtime = runtime

@@ -45,7 +45,7 @@ class SentimentPipeline(Pipeline[NoParams]):
         example=("It's a charming, often affecting journey!",),
     )
 
-    def __init__(self, card: ModelCard, folder: Path, runtime: Runtime) -> None:
+    def __init__(self, card: ModelCard, folder: Path, runtime: Runtime | None) -> None:
         super().__init__(card, folder, runtime)
         if not card.labels:
             raise ValueError("sentiment model card has no labels")
@@ -53,8 +53,9 @@ class SentimentPipeline(Pipeline[NoParams]):
         self.tokenizer = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
-        self.session = runtime.session(folder / SENTIMENT_FILE)
-        self.output_name = self.session.get_outputs()[0].name
+        if runtime is not None:  # None in a front-end process: tokenise and format only
+            self.session = runtime.session(folder / SENTIMENT_FILE)
+            self.output_name = self.session.get_outputs()[0].name
 
     def preprocess(self, texts: Sequence[str], params: NoParams) -> list[Item]:
         ids = encode_words(self.tokenizer, texts, self.card.max_length)

@@ -53,17 +53,18 @@ class TranslationPipeline(Pipeline[TranslateParams]):
     )
     warmup_lengths = (1, 8, 16, 32, 64)
 
-    def __init__(self, card: ModelCard, folder: Path, runtime: Runtime) -> None:
+    def __init__(self, card: ModelCard, folder: Path, runtime: Runtime | None) -> None:
         super().__init__(card, folder, runtime)
         self.source = Tokenizer.from_file(str(folder / SOURCE_TOKENIZER))
         self.target = Tokenizer.from_file(str(folder / TARGET_TOKENIZER))
         self.source.no_padding()
         self.source.no_truncation()
-        self.model = Seq2SeqRuntime(
-            runtime.session(folder / ENCODER_FILE),
-            runtime.session(folder / DECODER_FILE),
-            runtime.options.cuda_device_id,
-        )
+        if runtime is not None:  # None in a front-end process: tokenise and format only
+            self.model = Seq2SeqRuntime(
+                runtime.session(folder / ENCODER_FILE),
+                runtime.session(folder / DECODER_FILE),
+                runtime.binding_device,
+            )
         self.default_beam = int(card.serving.get("default_beam_size", DEFAULT_BEAM))
         self.alpha = float(card.serving.get("length_penalty_alpha", DEFAULT_ALPHA))
 
