@@ -7,6 +7,8 @@ from typing import Literal
 
 ProviderChoice = Literal["auto", "cuda", "cpu"]
 GraphOptimization = Literal["disable", "basic", "extended", "all"]
+# auto = int8 on CPU, fp16 on CUDA (when the model card has them); else the named variant, or refuse the model.
+PrecisionChoice = Literal["auto", "fp32", "int8", "fp16"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,3 +18,4 @@ class RuntimeOptions:
     inter_op_threads: int = 1
     graph_optimization: GraphOptimization = "all"
     cuda_device_id: int = 0
+    precision: PrecisionChoice = "auto"

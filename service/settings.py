@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
-from service.runtime_options import GraphOptimization, ProviderChoice, RuntimeOptions
+from service.runtime_options import GraphOptimization, PrecisionChoice, ProviderChoice, RuntimeOptions
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ENV_PREFIX = "LSTM_SERVE_"
@@ -42,6 +42,10 @@ class Settings(BaseSettings):
         default_factory=dict, description='pin versions, JSON: {"sentiment": "1"} (default: highest)'
     )
     provider: ProviderChoice = Field("auto", description="auto = CUDA if onnxruntime-gpu sees a GPU, else CPU")
+    precision: PrecisionChoice = Field(
+        "auto",
+        description="graph precision: auto = int8 on CPU, fp16 on CUDA once gated there, else fp32; or force one",
+    )
     intra_op_threads: int = Field(1, ge=0, description="onnxruntime intra-op threads per session (0 = ORT picks)")
     inter_op_threads: int = Field(1, ge=0, description="onnxruntime inter-op threads per session")
     graph_optimization: GraphOptimization = Field("all", description="onnxruntime graph optimisation level")
@@ -90,6 +94,7 @@ class Settings(BaseSettings):
             intra_op_threads=self.intra_op_threads,
             inter_op_threads=self.inter_op_threads,
             graph_optimization=self.graph_optimization,
+            precision=self.precision,
         )
 
     def batching_for(self, serving: dict[str, Any]) -> BatchingSettings:

@@ -101,6 +101,11 @@ class Pipeline(ABC, Generic[ParamsT]):
         self.card = card
         self.folder = folder
         self.runtime = runtime
+        self.variant = runtime.choose_variant(card)  # the precision served: open graphs with graph_path()
+
+    def graph_path(self, graph_file: str) -> Path:
+        """The served variant's file for one of the card's graphs (``model.onnx`` -> ``model.int8.onnx``)."""
+        return self.folder / self.variant.files.get(graph_file, graph_file)
 
     @abstractmethod
     def preprocess(self, texts: Sequence[str], params: ParamsT) -> list[Item]:

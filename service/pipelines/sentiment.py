@@ -53,7 +53,7 @@ class SentimentPipeline(Pipeline[NoParams]):
         self.tokenizer = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
-        self.session = runtime.session(folder / SENTIMENT_FILE)
+        self.session = runtime.session(self.graph_path(SENTIMENT_FILE))
         self.output_name = self.session.get_outputs()[0].name
 
     def preprocess(self, texts: Sequence[str], params: NoParams) -> list[Item]:

@@ -60,8 +60,8 @@ class TranslationPipeline(Pipeline[TranslateParams]):
         self.source.no_padding()
         self.source.no_truncation()
         self.model = Seq2SeqRuntime(
-            runtime.session(folder / ENCODER_FILE),
-            runtime.session(folder / DECODER_FILE),
+            runtime.session(self.graph_path(ENCODER_FILE)),
+            runtime.session(self.graph_path(DECODER_FILE)),
             runtime.options.cuda_device_id,
         )
         self.default_beam = int(card.serving.get("default_beam_size", DEFAULT_BEAM))
