@@ -13,7 +13,12 @@ path is gathered in one run that keeps going when a step fails and always writes
 4. **server**: a real ``lstm-serve serve`` on CUDA under closed-loop load from this process's lean
    client: single-text requests at c=1/64/256, 64-text requests, translation at beam 4; texts/s,
    p50/p99, the server's CPU seconds per request (``/proc``) and the share of time the GPU was busy
-   (NVML utilisation sampled every 100 ms).
+   (NVML utilisation sampled every 100 ms);
+5. **precision** (CUDA only): the fp16 variants built again from the shipped fp32 graphs (into a
+   temporary copy) and gated on CUDA (sentiment: accuracy and label agreement against fp32 on the
+   validation split; translation: val BLEU, greedy and beam 4), then two servers on that copy, forced
+   to ``fp32`` and to ``fp16``, measured interleaved: single-text sentiment at c=256 (texts/s), 64-text
+   requests, translation at beam 4. Steps 1-4 pin ``precision=fp32`` (they check the CUDA path itself).
 
 Writes ``<out>.json`` and ``<out>.png`` (default ``bench/results/gpu_check``) and prints tables.
 ``--allow-cpu`` (or ``--provider cpu``) runs the same steps on the CPU provider (small sizes with
@@ -78,14 +83,15 @@ def _latest(model: str) -> Path:
     return max((p for p in folder.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
 
 
-def _pipeline(task: str, provider: str, threads: int = 1) -> Any:
-    """A serving pipeline of the shipped model on one provider (``cuda`` must really be CUDA)."""
+def _pipeline(task: str, provider: str, threads: int = 1, precision: str = "fp32") -> Any:
+    """A serving pipeline of the shipped model on one provider (``cuda`` must really be CUDA), fp32 by default."""
     from lstm_core.model_card import ModelCard
     from service.pipelines.registry import discover
     from service.runtime import Runtime, RuntimeOptions
 
     folder = _latest(task)
-    runtime = Runtime(RuntimeOptions(provider=provider, intra_op_threads=threads))  # type: ignore[arg-type]
+    options = RuntimeOptions(provider=provider, intra_op_threads=threads, precision=precision)  # type: ignore[arg-type]
+    runtime = Runtime(options)
     return discover()[task](ModelCard.load(folder), folder, runtime)
 
 
@@ -275,7 +281,12 @@ def load_run(
 
 
 def server_runs(provider: str, args: argparse.Namespace) -> tuple[list[Run], dict[str, Any]]:
-    settings = {"provider": provider, **(GPU_SERVER_SETTINGS if provider == "cuda" else {})}
+    settings = {
+        "provider": provider,
+        "precision": "fp32",
+        "workers": args.server_workers,  # 0 = auto: on a GPU machine, several front ends feed the device
+        **(GPU_SERVER_SETTINGS if provider == "cuda" else {}),
+    }
     server = launch_server(settings, Path(tempfile.mkdtemp(prefix="lstm-serve-gpu-check-")), timeout=300)
     runs: list[Run] = []
     texts = sst2_sentences(2000)
@@ -295,6 +306,59 @@ def server_runs(provider: str, args: argparse.Namespace) -> tuple[list[Run], dic
         info_exit = server.stop()
     info["exit_code"] = info_exit
     return runs, info
+
+
+def precision_step(provider: str, args: argparse.Namespace) -> dict[str, Any]:
+    """fp16 against fp32 on this provider: the fp16 gate run here, then both precisions served, interleaved."""
+    import shutil
+
+    from export.precision import add_variants
+    from lstm_core.model_card import ModelCard
+
+    repo = Path(tempfile.mkdtemp(prefix="lstm-serve-precision-"))
+    out: dict[str, Any] = {"gates": {}, "refused": {}, "repository": str(repo)}
+    for model in ("sentiment", "translation"):
+        folder = repo / model / _latest(model).name
+        shutil.copytree(_latest(model), folder)
+        card = ModelCard.load(folder)
+        limit = 256 if args.quick else None
+        report = add_variants(folder, card, ["fp16"], limit=limit, measure_cost=False)
+        report.card.save(folder)
+        out["gates"][model] = report.card.variants["fp16"].gate if "fp16" in report.card.variants else None
+        if "fp16" in report.refused:
+            out["refused"][model] = report.refused["fp16"]
+            shutil.rmtree(folder.parent)  # a forced fp16 server would refuse it: serve only what passed
+    base = {"provider": provider, "model_repository": repo, **(GPU_SERVER_SETTINGS if provider == "cuda" else {})}
+    servers = {p: launch_server(base | {"precision": p}, repo / f"logs-{p}", timeout=300) for p in ("fp32", "fp16")}
+    texts, flickr = sst2_sentences(2000), _lines(FLICKR_EN)[:200]
+    loads = [("sentiment x1", "/v1/sentiment", [{"texts": [t]} for t in texts], 1, args.precision_concurrency)]
+    loads.append(
+        ("sentiment x64", "/v1/sentiment", [{"texts": texts[i : i + 64]} for i in range(0, 1937, 64)], 64, 16)
+    )
+    if "translation" not in out["refused"]:
+        loads.append(("translation beam4", "/v1/translate", [{"texts": [t], "beam_size": 4} for t in flickr], 1, 64))
+    runs: list[Run] = []
+    try:
+        for repeat in range(args.precision_repeats):
+            for name, path, bodies, per_request, c in loads:
+                order = ("fp32", "fp16") if repeat % 2 == 0 else ("fp16", "fp32")  # interleaved
+                for precision in order:
+                    run = load_run(servers[precision], f"{name} {precision}", path, bodies, per_request, c, args)
+                    run.repeat = repeat
+                    runs.append(run)
+        out["model_info"] = {p: _model_info(s.url) for p, s in servers.items()}
+    finally:
+        out["exit_codes"] = {p: s.stop() for p, s in servers.items()}
+    out["runs"] = [asdict(r) for r in runs]
+    summary = {}
+    for name, *_ in loads:
+        medians = {
+            p: statistics.median(r.extra["texts_s"] for r in runs if r.server == f"{name} {p}")
+            for p in ("fp32", "fp16")
+        }
+        summary[name] = medians | {"fp16_over_fp32": medians["fp16"] / medians["fp32"]}
+    out["texts_s_median"] = summary
+    return out
 
 
 def _model_info(url: str) -> list[str]:
@@ -379,16 +443,21 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--provider", choices=("auto", "cpu"), default="auto", help="cpu: check the CPU path even on a GPU")
     p.add_argument("--quick", action="store_true", help="small sizes and short runs (the CI test of this script)")
     p.add_argument("--skip-server", action="store_true", help="only the in-process checks")
+    p.add_argument("--server-workers", type=int, default=0, help="LSTM_SERVE_WORKERS of the server (0 = auto)")
     p.add_argument("--duration", type=float, default=5.0, help="measured seconds per load run")
     p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each load run")
     p.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 64, 256])
     p.add_argument("--multi-concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[4, 16, 64])
     p.add_argument("--translation-concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 64, 256])
+    p.add_argument("--precision-concurrency", type=int, default=256, help="single-text c of the fp16/fp32 step")
+    p.add_argument("--precision-repeats", type=int, default=2, help="interleaved repeats of the fp16/fp32 step")
+    p.add_argument("--skip-precision", action="store_true", help="leave out the fp16-vs-fp32 step")
     p.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results" / "gpu_check")
     args = p.parse_args(list(argv))
     if args.quick:
         args.duration, args.warmup = min(args.duration, 1.0), min(args.warmup, 0.3)
         args.concurrency, args.multi_concurrency, args.translation_concurrency = [1, 8], [2], [2]
+        args.precision_concurrency, args.precision_repeats = 8, 1
     return args
 
 
@@ -427,6 +496,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         steps.append(("model_throughput_cpu", lambda: model_throughput("cpu", texts, sizes[:5], 1.0)))
     if not args.skip_server:
         steps.append(("server", lambda: _server_step(provider, args)))
+    if has_gpu and not args.skip_precision:  # fp16 is a CUDA variant: its gate and speed mean nothing on CPU
+        steps.append(("precision", lambda: precision_step(provider, args)))
     for name, step in steps:
         print(f"== {name}", flush=True)
         t0 = time.perf_counter()

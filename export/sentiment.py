@@ -4,7 +4,8 @@ Writes ``model.onnx`` (inputs ``input_ids`` INT64 [batch, time] and ``lengths`` 
 ``probabilities`` FP32 [batch, 2], softmax inside), the run's ``tokenizer.json`` and ``model.json``.
 Before anything is published, onnxruntime is run on real, variable-length dev sentences: the export
 fails if it differs from torch by more than ``--tolerance`` or if a sentence's probabilities change
-when it is batched with longer ones (padding must not change answers).
+when it is batched with longer ones (padding must not change answers). The precision variants
+(``--precisions``, default int8 and fp16) are then built and gated by ``export.precision``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import onnxruntime as ort
 import torch
 from tokenizers import Tokenizer
 
+from export.precision import DEFAULT_VARIANTS, add_variants, parse_precisions
 from export.repository import DEFAULT_REPOSITORY, next_version, publish_version, utc_now
 from lstm_core.cost import CARD_KEY, CostModel, InconsistentTimings, ProbeShape, fit_cost_model
 from lstm_core.encoding import encode_words
@@ -67,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing version folder")
     p.add_argument("--parity-sentences", type=int, default=64, help="real dev sentences in the parity batch")
     p.add_argument("--tolerance", type=float, default=1e-4, help="max |onnxruntime - torch| allowed")
+    p.add_argument(
+        "--precisions", default=",".join(DEFAULT_VARIANTS), help="variants to build and gate besides fp32 ('' = none)"
+    )
     return p
 
 
@@ -222,6 +227,7 @@ def export_run(
     overwrite: bool = False,
     parity_count: int = 64,
     tolerance: float = 1e-4,
+    precisions: Sequence[str] = DEFAULT_VARIANTS,
 ) -> Path:
     """Export, check and publish; returns the version folder. Raises ``ExportCheckError`` on a failed check."""
     model, checkpoint, tokenizer = load_run(run_dir)
@@ -246,9 +252,10 @@ def export_run(
                 "not publishing"
             )
         shutil.copyfile(run_dir / TOKENIZER, staging / TOKENIZER)
-        return publish_version(
-            staging, model_card(checkpoint, parity, version, measure_cost(session)), repository, overwrite=overwrite
-        )
+        card = model_card(checkpoint, parity, version, measure_cost(session))
+        if precisions:
+            add_variants(staging, card, precisions)
+        return publish_version(staging, card, repository, overwrite=overwrite)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -257,7 +264,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         target = export_run(
-            args.run_dir, args.repository, args.version, args.overwrite, args.parity_sentences, args.tolerance
+            args.run_dir,
+            args.repository,
+            args.version,
+            args.overwrite,
+            args.parity_sentences,
+            args.tolerance,
+            parse_precisions(args.precisions),
         )
     except (ExportCheckError, FileExistsError) as error:
         print(f"lstm-serve export sentiment: FAILED: {error}", file=sys.stderr)

@@ -4,7 +4,8 @@ Weights are stored as fp16 (with a Cast to fp32 in front of each), which halves 
 shipped model stays small, while onnxruntime folds the casts at load and computes in fp32. The torch
 model is rounded through fp16 the same way before the parity check, so parity compares the same
 weights: a full greedy decode of real test sentences must give identical token sequences with torch
-and with onnxruntime, or the export fails. BLEU is then measured on the exported graphs themselves.
+and with onnxruntime, or the export fails. BLEU is then measured on the exported graphs themselves,
+and the precision variants (``--precisions``) are built and gated by ``export.precision``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 from tokenizers import Tokenizer
 from torch import nn
 
+from export.precision import DEFAULT_VARIANTS, add_variants, parse_precisions
 from export.repository import DEFAULT_REPOSITORY, next_version, publish_version, utc_now
 from lstm_core.cost import CARD_KEY, CostModel, InconsistentTimings, fit_cost_model
 from lstm_core.encoding import encode_source, probe_source
@@ -239,7 +241,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--alpha", type=float, default=0.6)
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--eval-limit", type=int, default=None, help="BLEU on the first N test/val sentences only")
-    p.add_argument("--skip-bleu", action="store_true", help="do not re-measure BLEU on the exported graphs")
+    p.add_argument("--skip-bleu", action="store_true", help="do not re-measure BLEU (nor build variants: no gate)")
+    p.add_argument("--precisions", default=",".join(DEFAULT_VARIANTS), help="variants besides fp32 ('' = none)")
     return p.parse_args(argv)
 
 
@@ -345,6 +348,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             serving={"default_beam_size": args.beam_size, "length_penalty_alpha": args.alpha}
             | ({CARD_KEY: cost.to_card()} if cost else {}),
         )
+        precisions = [] if args.skip_bleu else parse_precisions(args.precisions)
+        if precisions:  # gated on val BLEU: skipped with --skip-bleu
+            add_variants(staging, card, precisions, limit=args.eval_limit)
         staging.chmod(0o755)  # mkdtemp makes it private; the served folder must be readable like any other
         target = publish_version(staging, card, args.repository, overwrite=args.overwrite)
     finally:

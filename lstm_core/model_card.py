@@ -7,13 +7,24 @@ looks up the pipeline registered for it, so a new task needs no change here.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from lstm_core.checksums import sha256_of
 
 MODEL_CARD_FILENAME = "model.json"
+
+Precision = Literal["fp32", "int8", "fp16"]
+PRECISIONS: tuple[Precision, ...] = ("fp32", "int8", "fp16")
+
+
+def variant_file(graph_file: str, precision: str) -> str:
+    """The file of a graph's precision variant: ``model.onnx`` -> ``model.int8.onnx`` (fp32 keeps the name)."""
+    if precision == "fp32":
+        return graph_file
+    stem, dot, suffix = graph_file.rpartition(".")
+    return f"{stem}.{precision}.{suffix}" if dot else f"{graph_file}.{precision}"
 
 
 class TensorSpec(BaseModel):
@@ -36,6 +47,24 @@ class DatasetInfo(BaseModel):
     version: str
     splits: dict[str, int] = Field(description="split name -> number of examples")
     sha256: dict[str, str] = Field(description="data file (relative to data/) -> sha256")
+
+
+class Variant(BaseModel):
+    """One precision of the version's graphs, as export built and gated it.
+
+    ``files`` maps each graph file of the card's ``graphs`` to the file holding this precision of it
+    (the same name for fp32); ``sha256`` gives each of those files' checksum (also in the card's
+    ``files``); ``provider`` is the onnxruntime provider the variant is meant for (None: any); ``gate``
+    the figures of the accuracy gate it passed at export (where it ran, against what, the thresholds);
+    ``serving`` may hold the ``cost_model`` measured on this variant.
+    """
+
+    precision: Precision
+    provider: str | None = None
+    files: dict[str, str]
+    sha256: dict[str, str]
+    gate: dict[str, Any] = Field(default_factory=dict)
+    serving: dict[str, Any] = Field(default_factory=dict)
 
 
 class ModelCard(BaseModel):
@@ -68,6 +97,17 @@ class ModelCard(BaseModel):
         default_factory=dict,
         description="per-model serving defaults: batching knobs, task defaults, the measured cost_model",
     )
+    variants: dict[str, Variant] = Field(
+        default_factory=dict,
+        description="precision -> the variant export built and gated (empty: the graphs as listed, fp32 only)",
+    )
+
+    def precision_variants(self) -> dict[str, Variant]:
+        """The variants the folder offers; a card without ``variants`` offers its graphs as fp32."""
+        if self.variants:
+            return dict(self.variants)
+        files = {name: name for name in self.graphs}
+        return {"fp32": Variant(precision="fp32", files=files, sha256={f: self.files.get(f, "") for f in files})}
 
     @classmethod
     def load(cls, folder: Path) -> ModelCard:

@@ -19,6 +19,7 @@ _COMMANDS: dict[str, dict[str | None, str]] = {
     "export": {
         "sentiment": "export.sentiment:main",
         "translation": "export.translation:main",
+        "variants": "export.precision:main",
     },
     "serve": {None: "service.server:main"},
     "bench": {None: "bench.load:main"},
@@ -29,6 +30,7 @@ _USAGE = """usage: lstm-serve COMMAND [TASK] [options]
 commands:
   train {sentiment,translation} [--help]    train a model from the repo's data/ into a run folder
   export {sentiment,translation} RUN_DIR    export a run to ONNX as a model_repository version folder
+  export variants VERSION_FOLDER            add gated int8/fp16 variants to a published version folder
   serve [--help]                            start the HTTP service on model_repository/
   bench [--help]                            load-test a running service (closed loop and rate sweep)
 """

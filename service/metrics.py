@@ -1,9 +1,9 @@
 """Prometheus metrics, named exactly as docs/design.md says (prefix ``lstm_serve_``).
 
 Labels are only ``model``, ``version``, ``endpoint`` (a route template, never a raw path), ``status``,
-``reason`` and ``provider``, so cardinality stays bounded whatever clients send. Each app owns its own
-registry (plus process metrics such as ``process_resident_memory_bytes``), so several apps can live in
-one test process.
+``reason``, ``provider`` and ``precision`` (fp32/int8/fp16), so cardinality stays bounded whatever
+clients send. Each app owns its own registry (plus process metrics such as
+``process_resident_memory_bytes``), so several apps can live in one test process.
 
 With several processes (``workers`` > 1) the supervisor sets ``PROMETHEUS_MULTIPROC_DIR`` and every
 process writes its samples there (prometheus-client's multiprocess mode); ``/metrics``, answered by any
@@ -97,8 +97,8 @@ class Metrics:
         )
         self.model_info = Gauge(
             f"{PREFIX}_model_info",
-            "1 for each served model version, with its provider.",
-            (*mv, "provider"),
+            "1 for each served model version, with its provider and the precision variant it serves.",
+            (*mv, "provider", "precision"),
             registry=reg,
             multiprocess_mode="livemax",
         )

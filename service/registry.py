@@ -52,6 +52,22 @@ class ServedModel:
     def task(self) -> str:
         return self.card.task
 
+    @property
+    def precision(self) -> str:
+        """The precision variant being served (``fp32``, ``int8``, ``fp16``)."""
+        return self.pipeline.variant.precision
+
+    def serving_info(self, provider: str) -> dict[str, Any]:
+        """What runs for this model: version, provider, precision variant and its files (``/v1/models``)."""
+        variant = self.pipeline.variant
+        return {
+            "version": self.version,
+            "provider": provider,
+            "precision": variant.precision,
+            "files": sorted(set(variant.files.values())),
+            "available_precisions": sorted(self.card.precision_variants()),
+        }
+
 
 def wire_problem(card: ModelCard, pipeline: type[Pipeline]) -> str | None:
     """Why the card's served tensors do not match what the task's pipeline reads and writes (None: they do)."""
@@ -93,6 +109,10 @@ class ServedModels:
     @property
     def stopping(self) -> bool:
         return self._stopping
+
+    def serving(self) -> dict[str, dict[str, Any]]:
+        """Per served model: provider, precision variant and files actually running (``/v1/models``)."""
+        raise NotImplementedError
 
     @property
     def ready(self) -> bool:
@@ -207,24 +227,33 @@ class ModelRegistry(ServedModels):
             raise ValueError(problem)
         pipeline = await asyncio.to_thread(cls, card, folder, self.runtime)
         batching = self.settings.batching_for(card.serving)
-        cost_model = CostModel.from_card(card.serving) or UNMEASURED
+        variant = pipeline.variant
+        # The cost model export measured on the served variant (fp32: the card's), until warm-up measures it here.
+        cost_model = CostModel.from_card(variant.serving if variant.precision != "fp32" else card.serving) or UNMEASURED
         if self.settings.warmup:
             count = await asyncio.to_thread(pipeline.warmup, batching.max_batch_size)
             log.info("model %s/%s warmed up with %d batches", name, version, count)
             cost_model = await asyncio.to_thread(calibrate, pipeline, batching, cost_model)
         batcher = Batcher(pipeline, batching, self.metrics, name, version, cost_model)
         batcher.start()
-        self.metrics.model_info.labels(name, version, self.runtime.provider).set(1)
+        self.metrics.model_info.labels(name, version, self.runtime.provider, variant.precision).set(1)
         log.info(
-            "model %s/%s loaded in %.2fs (task %s, provider %s, batching %s)",
+            "model %s/%s loaded in %.2fs (task %s, provider %s, precision %s: %s, batching %s)",
             name,
             version,
             time.monotonic() - started,
             card.task,
             self.runtime.provider,
+            variant.precision,
+            ", ".join(sorted(set(variant.files.values()))),
             batching.model_dump(),
         )
         return ServedModel(name, version, card, folder, pipeline, batcher, batching)
+
+    def serving(self) -> dict[str, dict[str, Any]]:
+        """Per served model: provider, precision variant and files actually running."""
+        provider = self.runtime.provider if self.runtime is not None else None
+        return {m.name: m.serving_info(provider or "") for m in self.models.values()}
 
 
 def calibrate(pipeline: Pipeline, batching: BatchingSettings, default: CostModel) -> CostModel:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lstm_core.model_card import ModelCard
+from lstm_core.model_card import ModelCard, Variant
 from service.batching import Job
 from service.errors import BatchFailed, DeadlineExceeded, ModelNotFound, QueueFull, ServiceError, ShuttingDown
 from service.ipc import FramedProtocol, decode_outputs, encode_items
@@ -223,10 +223,19 @@ class RemoteRegistry(ServedModels):
             log.exception("front end cannot serve %s/%s", name, info["version"])
             self._front_problems[name] = f"front end cannot load it: {type(exc).__name__}: {exc}"
             return
+        pipeline.variant = Variant.model_validate_json(info["variant"])  # what the worker runs
         batching = BatchingSettings(**info["batching"])
         batcher = RemoteBatcher(self, name)
         self.models[name] = ServedModel(name, info["version"], card, folder, pipeline, batcher, batching)  # type: ignore[arg-type]
         self._front_problems.pop(name, None)
+
+    def serving(self) -> dict[str, dict[str, Any]]:
+        """What each worker runs for each model (provider, precision, files), as it reported."""
+        out: dict[str, dict[str, Any]] = {}
+        for link in self.links:
+            for name, info in (link.state or {}).get("models", {}).items():
+                out.setdefault(name, info["serving"])
+        return out
 
     @property
     def ready(self) -> bool:

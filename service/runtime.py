@@ -5,6 +5,11 @@ GPU, else CPU) and every session of every pipeline must get the same deliberate 
 service shares its cores with the event loop, so intra-op threads are few and do not spin; on CUDA
 outputs are bound through IOBinding so pipelines that keep state on the device (translation's decoder)
 can build on the same structure.
+
+It also chooses which precision variant of a model card's graphs to serve (``precision`` setting): ``auto``
+takes int8 on CPU and fp16 on CUDA when the card offers them (fp16 only once its export gate ran on
+CUDA: a gate run on CPU checks fp16 rounding, not CUDA's kernels), else fp32; a named precision is
+served if the card has it and refused otherwise.
 """
 
 from __future__ import annotations
@@ -16,17 +21,20 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from service.runtime_options import GraphOptimization, ProviderChoice, RuntimeOptions
+from lstm_core.model_card import ModelCard, Variant
+from service.runtime_options import GraphOptimization, PrecisionChoice, ProviderChoice, RuntimeOptions
 
 # RuntimeOptions and its Literals live in runtime_options (settings reads them without loading onnxruntime).
 __all__ = [
     "CPU",
     "CUDA",
     "GraphOptimization",
+    "PrecisionChoice",
     "ProviderChoice",
     "ProviderUnavailable",
     "Runtime",
     "RuntimeOptions",
+    "VariantUnavailable",
     "cuda_available",
 ]
 
@@ -45,6 +53,14 @@ _OPT_LEVELS = {
 
 class ProviderUnavailable(RuntimeError):
     """``provider=cuda`` was asked for but onnxruntime cannot run on a GPU here."""
+
+
+class VariantUnavailable(RuntimeError):
+    """``precision=<p>`` was asked for but the model card has no such variant."""
+
+
+# What ``precision=auto`` prefers on each provider (fp32 when the card lacks it).
+AUTO_PRECISION = {CPU: "int8", CUDA: "fp16"}
 
 
 def cuda_available(available: Sequence[str] | None = None) -> bool:
@@ -98,6 +114,42 @@ class Runtime:
         else:
             self.provider = CPU
         log.info("onnxruntime %s: provider %s (asked: %s)", ort.__version__, self.provider, options.provider)
+
+    def choose_variant(self, card: ModelCard) -> Variant:
+        """The precision variant of ``card`` to serve on this runtime's provider (see the module docstring).
+
+        Raises ``VariantUnavailable`` when a forced precision is not in the card.
+        """
+        variants = card.precision_variants()
+        asked = self.options.precision
+        where = f"{card.name}/{card.version}"
+        if asked != "auto":
+            if asked not in variants:
+                raise VariantUnavailable(
+                    f"{where}: precision={asked} but model.json offers {sorted(variants)} "
+                    f"(add it with `lstm-serve export variants <version folder>`)"
+                )
+            chosen = variants[asked]
+            if chosen.provider not in (None, self.provider):
+                meant = chosen.provider
+                log.warning("%s: precision=%s is meant for %s, serving it on %s", where, asked, meant, self.provider)
+            return chosen
+        preferred = AUTO_PRECISION.get(self.provider, "fp32")
+        chosen = variants.get(preferred)
+        if chosen is None:
+            log.info("%s: no %s variant in model.json; serving fp32", where, preferred)
+        elif chosen.gate.get("provider") != self.provider:
+            log.warning(
+                "%s: the %s variant was gated on %s, not %s; serving fp32 (run `lstm-serve export variants` on a "
+                "%s machine, or set LSTM_SERVE_PRECISION=%s to serve it anyway)",
+                where, preferred, chosen.gate.get("provider"), self.provider, self.device, preferred,
+            )  # fmt: skip
+            chosen = None
+        if chosen is None:
+            if "fp32" not in variants:
+                raise VariantUnavailable(f"{where}: precision=auto found neither {preferred} nor fp32 in model.json")
+            chosen = variants["fp32"]
+        return chosen
 
     @property
     def device(self) -> str:

@@ -7,6 +7,8 @@ from typing import Literal
 
 ProviderChoice = Literal["auto", "cuda", "cpu"]
 GraphOptimization = Literal["disable", "basic", "extended", "all"]
+# auto = int8 on CPU, fp16 on CUDA (when the model card has them); else the named variant, or refuse the model.
+PrecisionChoice = Literal["auto", "fp32", "int8", "fp16"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,3 +20,4 @@ class RuntimeOptions:
     cuda_device_id: int = 0
     #: Use the IOBinding paths on CPU too (tests: the GPU code runs in CI, bound to CPU OrtValues).
     io_binding: bool = False
+    precision: PrecisionChoice = "auto"

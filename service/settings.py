@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
-from service.runtime_options import GraphOptimization, ProviderChoice, RuntimeOptions
+from service.runtime_options import GraphOptimization, PrecisionChoice, ProviderChoice, RuntimeOptions
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ENV_PREFIX = "LSTM_SERVE_"
@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     )
     cuda_device_ids: list[int] = Field(
         default_factory=lambda: [0], description="GPUs to serve on, JSON: [0, 1]; one inference process each"
+    )
+    precision: PrecisionChoice = Field(
+        "auto",
+        description="graph precision: auto = int8 on CPU, fp16 on CUDA once gated there, else fp32; or force one",
     )
     intra_op_threads: int = Field(1, ge=0, description="onnxruntime intra-op threads per session (0 = ORT picks)")
     inter_op_threads: int = Field(1, ge=0, description="onnxruntime inter-op threads per session")
@@ -100,6 +104,7 @@ class Settings(BaseSettings):
             inter_op_threads=self.inter_op_threads,
             graph_optimization=self.graph_optimization,
             cuda_device_id=self.cuda_device_ids[0] if self.cuda_device_ids else 0,
+            precision=self.precision,
         )
 
     def batching_for(self, serving: dict[str, Any]) -> BatchingSettings:

@@ -48,6 +48,8 @@ def registry_state(registry: ModelRegistry) -> dict[str, Any]:
                 "folder": str(m.folder),
                 "card": m.card.model_dump_json(),
                 "batching": m.batching.model_dump(),
+                "variant": m.pipeline.variant.model_dump_json(),
+                "serving": m.serving_info(registry.runtime.provider if registry.runtime else ""),
             }
             for name, m in registry.models.items()
         },

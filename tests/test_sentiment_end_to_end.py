@@ -43,7 +43,10 @@ def test_export_publishes_a_checked_version(tiny_run: Path, tmp_path: Path) -> N
     card = ModelCard.load(folder)
     assert card.version == "3" and card.name == "sentiment" and card.labels == ["negative", "positive"]
     assert card.mismatched_files(folder) == []
-    assert sorted(p.name for p in folder.iterdir()) == ["model.json", "model.onnx", "tokenizer.json"]
+    variants = sorted(f"model.{p}.onnx" for p in card.variants if p != "fp32")  # those that passed their gate
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["model.json", "model.onnx", "tokenizer.json", *variants])
+    assert "fp32" in card.variants
+    assert all(v.gate["passed"] for v in card.variants.values() if v.precision != "fp32")
     assert card.parity["max_abs_diff"] <= 1e-4 and card.parity["padding_max_abs_diff"] <= 1e-5
     assert card.parity["lengths"]["min"] == 1 < card.parity["lengths"]["max"]
 
@@ -58,10 +61,11 @@ def test_export_publishes_a_checked_version(tiny_run: Path, tmp_path: Path) -> N
 
 
 def test_existing_version_needs_overwrite(tiny_run: Path, tmp_path: Path) -> None:
-    assert export_main([str(tiny_run), "--repository", str(tmp_path), "--version", "1"]) == 0
-    assert export_main([str(tiny_run), "--repository", str(tmp_path), "--version", "1"]) == 1
-    assert export_main([str(tiny_run), "--repository", str(tmp_path), "--version", "1", "--overwrite"]) == 0
-    assert export_main([str(tiny_run), "--repository", str(tmp_path)]) == 0  # next version
+    base = [str(tiny_run), "--repository", str(tmp_path), "--precisions", ""]  # fp32 only: variants tested above
+    assert export_main([*base, "--version", "1"]) == 0
+    assert export_main([*base, "--version", "1"]) == 1
+    assert export_main([*base, "--version", "1", "--overwrite"]) == 0
+    assert export_main(base) == 0  # next version
     assert sorted(p.name for p in (tmp_path / "sentiment").iterdir()) == ["1", "2"]
 
 

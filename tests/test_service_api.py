@@ -150,12 +150,14 @@ def test_metrics_names_labels_and_provider(live_server: ServerHandle) -> None:
     ):
         assert f"lstm_serve_{name}" in text, name
     provider = "CUDAExecutionProvider" if cuda_available() else "CPUExecutionProvider"
-    assert f'lstm_serve_model_info{{model="sentiment",provider="{provider}",version="1"}} 1.0' in text
+    precision = "fp32" if cuda_available() else "int8"  # auto: int8 on CPU; fp16 on CUDA only once gated there
+    info = f'lstm_serve_model_info{{model="sentiment",precision="{precision}",provider="{provider}",version="1"}} 1.0'
+    assert info in text
     # The queue's bound is exported so alerts read "how full" (live_server runs the default settings).
     capacity = Settings.model_fields["max_queue_items"].default
     assert f'lstm_serve_queue_capacity_items{{model="sentiment",version="1"}} {float(capacity)}' in text
     assert 'endpoint="/v1/sentiment",model="sentiment",status="200",version="1"' in text
-    allowed = {"model", "version", "endpoint", "status", "reason", "provider", "le"}
+    allowed = {"model", "version", "endpoint", "status", "reason", "provider", "precision", "le"}
     for line in text.splitlines():
         if line.startswith("lstm_serve_") and "{" in line:
             labels = {pair.split("=")[0] for pair in line[line.index("{") + 1 : line.index("}")].split(",")}

@@ -1,7 +1,8 @@
 """Behaviour under load, against real servers: batching forms, full queue → 503, deadline → 504,
 disconnected clients' items are dropped, SIGTERM drains. Nothing here asserts a speed.
 
-Every test runs twice: on a single-process server (``workers=1``) and on two front-end processes
+The tests that need seconds of queued work serve the fp32 graphs (the slower variant). Every test runs
+twice: on a single-process server (``workers=1``) and on two front-end processes
 feeding one inference worker (``workers=2``), where the queue, deadlines and cancellation cross the IPC.
 """
 
@@ -72,7 +73,7 @@ def test_batches_of_more_than_one_item_form_under_concurrency(start_server, work
 
 
 def test_full_queue_answers_503_with_retry_after(start_server, workers: int) -> None:
-    server = start_server(max_queue_items=8, max_batch_size=1, workers=workers)
+    server = start_server(max_queue_items=8, max_batch_size=1, workers=workers, precision="fp32")
     responses = crowd(server, [TEXTS for _ in range(24)])  # 96 items offered to an 8-item queue
     statuses = [r.status_code for r in responses]
     assert 503 in statuses and 200 in statuses, statuses
@@ -84,7 +85,7 @@ def test_full_queue_answers_503_with_retry_after(start_server, workers: int) -> 
 
 
 def test_deadline_answers_504(start_server, workers: int) -> None:
-    server = start_server(request_timeout_s=0.05, max_batch_size=1, workers=workers)
+    server = start_server(request_timeout_s=0.05, max_batch_size=1, workers=workers, precision="fp32")
     responses = crowd(server, [TEXTS * 16 for _ in range(8)])  # 512 single-item batches, 50 ms each
     statuses = [r.status_code for r in responses]
     assert 504 in statuses, statuses
@@ -105,7 +106,7 @@ def wait_for(server: ServerHandle, name: str, at_least: float, timeout: float = 
 
 
 def test_disconnected_client_items_are_dropped(start_server, workers: int) -> None:
-    server = start_server(max_batch_size=1, workers=workers)
+    server = start_server(max_batch_size=1, workers=workers, precision="fp32")
     items_before = metric(server, "lstm_serve_items_total")
     clients = [httpx.Client(timeout=60) for _ in range(4)]
     barrier = threading.Barrier(5)
@@ -137,7 +138,7 @@ def test_disconnected_client_items_are_dropped(start_server, workers: int) -> No
 
 
 def test_sigterm_finishes_accepted_work_and_exits_0(start_server, workers: int) -> None:
-    server = start_server(fresh=True, max_batch_size=1, workers=workers)
+    server = start_server(fresh=True, max_batch_size=1, workers=workers, precision="fp32")
     n = 12
     results: list[httpx.Response | Exception] = []
     lock = threading.Lock()

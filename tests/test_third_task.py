@@ -71,7 +71,8 @@ def test_metric_labels_and_calibration_contract(server: ServerHandle) -> None:
     assert httpx.post(f"{server.url}/v1/bytecount", json={"texts": ["abc"]}).status_code == 200
     metrics = httpx.get(f"{server.url}/metrics").text
     assert 'lstm_serve_requests_total{endpoint="/v1/bytecount",model="toy",status="200",version="1"}' in metrics
-    assert 'lstm_serve_model_info{model="toy",provider="CPUExecutionProvider",version="1"} 1.0' in metrics
+    toy_info = 'lstm_serve_model_info{model="toy",precision="fp32",provider="CPUExecutionProvider",version="1"} 1.0'
+    assert toy_info in metrics
     # The task says why it is not calibrated; that is information, not a warning.
     assert "INFO service.registry: toy: no cost calibration (one multiplication per row" in server.log()
 

@@ -115,7 +115,7 @@ def build_router(tasks: Mapping[str, type[Pipeline]]) -> APIRouter:
 
 
 async def models(request: Request) -> JSONResponse:
-    """The model cards of the served versions, plus the state of every model found."""
+    """The model cards of the served versions, what runs for each (provider, precision), and every model's state."""
     served = registry(request)
     cards = [card.model_dump(mode="json") for card in served.cards()]
-    return JSONResponse({"models": cards, "state": served.readiness()["models"]})
+    return JSONResponse({"models": cards, "serving": served.serving(), "state": served.readiness()["models"]})

@@ -146,6 +146,7 @@ async def model_config(request: Request, model_name: str, model_version: str | N
 
     ``max_batch_size`` is the most texts one request may carry: the batcher's batch size, capped by the
     per-request limit (a bigger ``-b`` would be refused). ``dims`` leave out the batch dimension.
+    ``parameters`` carry the batcher's other limits and the precision variant served (and its graph files).
     """
     model = registry(request).get(model_name, model_version)
     batching = model.batching
@@ -165,6 +166,8 @@ async def model_config(request: Request, model_name: str, model_version: str | N
                 "max_queue_items": batching.max_queue_items,
                 "max_text_chars": settings.max_text_chars,
                 "request_timeout_s": settings.request_timeout_s,
+                "precision": model.precision,
+                "graph_files": ",".join(sorted(set(model.pipeline.variant.files.values()))),
             }.items()
         },
     )

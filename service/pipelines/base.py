@@ -24,7 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from lstm_core.cost import ProbeShape
-from lstm_core.model_card import ModelCard
+from lstm_core.model_card import ModelCard, Variant
 from lstm_core.tokens import UNK_ID
 from service.runtime import Runtime
 
@@ -106,6 +106,13 @@ class Pipeline(ABC, Generic[ParamsT]):
         self.card = card
         self.folder = folder
         self.runtime = runtime
+        # The precision served: open graphs with graph_path(). A front end (no runtime) is told it by the
+        # inference worker (``service.remote``), which chose it.
+        self.variant = runtime.choose_variant(card) if runtime is not None else _fp32(card)
+
+    def graph_path(self, graph_file: str) -> Path:
+        """The served variant's file for one of the card's graphs (``model.onnx`` -> ``model.int8.onnx``)."""
+        return self.folder / self.variant.files.get(graph_file, graph_file)
 
     @abstractmethod
     def preprocess(self, texts: Sequence[str], params: ParamsT) -> list[Item]:
@@ -148,6 +155,12 @@ class Pipeline(ABC, Generic[ParamsT]):
 
     def close(self) -> None:
         """Release what the pipeline holds (sessions are dropped with it)."""
+
+
+def _fp32(card: ModelCard) -> Variant:
+    """A placeholder until a front end hears from its worker which variant runs."""
+    variants = card.precision_variants()
+    return variants.get("fp32") or next(iter(variants.values()))
 
 
 def unk_items(size: int, length: int, key: Hashable = None) -> list[Item]:

@@ -54,7 +54,7 @@ class SentimentPipeline(Pipeline[NoParams]):
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
         if runtime is not None:  # None in a front-end process: tokenise and format only
-            self.session = runtime.session(folder / SENTIMENT_FILE)
+            self.session = runtime.session(self.graph_path(SENTIMENT_FILE))
             self.output_name = self.session.get_outputs()[0].name
 
     def preprocess(self, texts: Sequence[str], params: NoParams) -> list[Item]:

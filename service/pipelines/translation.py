@@ -61,8 +61,8 @@ class TranslationPipeline(Pipeline[TranslateParams]):
         self.source.no_truncation()
         if runtime is not None:  # None in a front-end process: tokenise and format only
             self.model = Seq2SeqRuntime(
-                runtime.session(folder / ENCODER_FILE),
-                runtime.session(folder / DECODER_FILE),
+                runtime.session(self.graph_path(ENCODER_FILE)),
+                runtime.session(self.graph_path(DECODER_FILE)),
                 runtime.binding_device,
             )
         self.default_beam = int(card.serving.get("default_beam_size", DEFAULT_BEAM))

@@ -1,0 +1,209 @@
+"""Precision variants (issue 15): the export gate, the shipped variants, and which one the service serves.
+
+The gate tests run the real variant step (``export.precision.add_variants``) on a copy of the shipped
+sentiment folder with a deliberately damaged graph; the choice tests inject provider lists, so every
+branch runs on a CPU machine (what needs a GPU is in ``tests/test_gpu.py`` and ``make gpu-check``).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+from pydantic import ValidationError
+
+from bench.servers import launch_server
+from export.precision import MAX_ACCURACY_DELTA_POINTS, MIN_LABEL_AGREEMENT, add_variants, variant_problems
+from lstm_core.checksums import sha256_of
+from lstm_core.model_card import ModelCard
+from models.sentiment.data import load_split
+from service.pipelines.sentiment import SentimentPipeline
+from service.runtime import CPU, CUDA, Runtime, RuntimeOptions, VariantUnavailable
+from service.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1] / "model_repository"
+SENTIMENT = REPO / "sentiment" / "1"
+TRANSLATION = REPO / "translation" / "1"
+# The fp32 graphs as trained and first exported: adding variants must not touch them.
+FP32_SHA256 = {
+    "model.onnx": "eec51b5c7845a446920d39b6d1f69a05c266d6a5e7d2e5a194641e286db9e5bd",
+    "encoder.onnx": "077de1129889750a1a464a0351b317d0f7896f4f83f2cd821e2ccde532019331",
+    "decoder.onnx": "9609337728efb5c6eb7b6d633415e5f41182b454d10843d0b011715e2f250016",
+}
+
+
+def damaged_graph(source: Path, target: Path) -> None:
+    """The fp32 graph with its classifier's weights negated: every label flips, the graph stays valid."""
+    model = onnx.load(str(source))
+    gemm = next(n for n in model.graph.node if n.op_type == "Gemm")
+    weight = next(i for i in model.graph.initializer if i.name == gemm.input[1])
+    weight.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(weight), weight.name))
+    onnx.save(model, str(target))
+
+
+@pytest.fixture()
+def sentiment_copy(tmp_path: Path) -> Path:
+    folder = tmp_path / "sentiment" / "1"
+    shutil.copytree(SENTIMENT, folder)
+    return folder
+
+
+def test_gate_refuses_a_damaged_graph_and_removes_the_old_variant(sentiment_copy: Path) -> None:
+    card = ModelCard.load(sentiment_copy)
+    assert (sentiment_copy / "model.int8.onnx").is_file() and "int8" in card.variants
+    report = add_variants(
+        sentiment_copy, card, ["int8"], limit=1500, builders={"int8": damaged_graph}, measure_cost=False
+    )
+    figures = report.refused["int8"]
+    assert not figures["passed"] and figures["label_agreement"] < MIN_LABEL_AGREEMENT
+    assert abs(figures["accuracy_delta_points"]) > MAX_ACCURACY_DELTA_POINTS
+    assert "int8" not in report.written and "int8" not in report.card.variants
+    assert not (sentiment_copy / "model.int8.onnx").exists()  # not written, and the earlier one is gone
+    assert "model.int8.onnx" not in report.card.files
+    assert set(report.card.variants) == {"fp32", "fp16"}  # the variant not asked for keeps its entry
+    report.card.save(sentiment_copy)
+    reloaded = ModelCard.load(sentiment_copy)
+    assert variant_problems(reloaded, sentiment_copy) == [] and reloaded.mismatched_files(sentiment_copy) == []
+    assert sha256_of(sentiment_copy / "model.onnx") == FP32_SHA256["model.onnx"]
+
+
+def test_gate_passes_the_real_int8_build_and_records_it(sentiment_copy: Path) -> None:
+    card = ModelCard.load(sentiment_copy)
+    report = add_variants(sentiment_copy, card, ["int8"], limit=1500, measure_cost=False, log=lambda _: None)
+    variant = report.card.variants["int8"]
+    assert variant.gate["passed"] and variant.gate["n"] == 1500 and variant.gate["provider"] == CPU
+    assert variant.provider == CPU and variant.files == {"model.onnx": "model.int8.onnx"}
+    assert variant.sha256["model.int8.onnx"] == sha256_of(sentiment_copy / "model.int8.onnx")
+    assert report.card.files["model.int8.onnx"] == variant.sha256["model.int8.onnx"]
+
+
+@pytest.mark.parametrize("folder", [SENTIMENT, TRANSLATION], ids=["sentiment", "translation"])
+def test_shipped_variants_match_their_files_and_passed_their_gate(folder: Path) -> None:
+    card = ModelCard.load(folder)
+    assert variant_problems(card, folder) == [] and card.mismatched_files(folder) == []
+    assert card.variants["fp32"].files == {g: g for g in card.graphs}
+    for graph, digest in card.variants["fp32"].sha256.items():
+        assert digest == FP32_SHA256[graph] == card.files[graph]  # fp32 as trained and exported
+    for precision, variant in card.variants.items():
+        if precision == "fp32":
+            continue
+        assert variant.gate["passed"] is True, precision
+        assert variant.provider == {"int8": CPU, "fp16": CUDA}[precision]
+        for graph, name in variant.files.items():
+            # every variant takes and gives the tensors the card's graph spec says: pipelines feed them alike
+            session = ort.InferenceSession(str(folder / name), providers=[CPU])
+            spec = card.graphs[graph]
+            assert [i.name for i in session.get_inputs()] == [t.name for t in spec.inputs]
+            assert [o.name for o in session.get_outputs()] == [t.name for t in spec.outputs]
+            assert session.get_outputs()[0].type == "tensor(float)"
+
+
+def _card_with(folder: Path, **gate_provider: str) -> ModelCard:
+    card = ModelCard.load(folder)
+    for precision, provider in gate_provider.items():
+        card.variants[precision].gate["provider"] = provider
+    return card
+
+
+@pytest.mark.parametrize(
+    ("provider", "offered", "precision", "fp16_gated_on", "served"),
+    [
+        ("cpu", [CPU], "auto", CPU, "int8"),
+        ("auto", [CUDA, CPU], "auto", CUDA, "fp16"),
+        ("auto", [CUDA, CPU], "auto", CPU, "fp32"),  # fp16 gated only on CPU: not served by default on CUDA
+        ("cpu", [CPU], "fp32", CPU, "fp32"),
+        ("cpu", [CPU], "fp16", CPU, "fp16"),
+        ("auto", [CUDA, CPU], "int8", CUDA, "int8"),
+        ("auto", [CUDA, CPU], "fp32", CUDA, "fp32"),
+    ],
+)
+def test_variant_choice_by_provider_and_override(provider, offered, precision, fp16_gated_on, served) -> None:
+    runtime = Runtime(RuntimeOptions(provider=provider, precision=precision), available_providers=offered)
+    variant = runtime.choose_variant(_card_with(SENTIMENT, fp16=fp16_gated_on))
+    assert variant.precision == served
+    assert variant.files["model.onnx"] == {"fp32": "model.onnx"}.get(served, f"model.{served}.onnx")
+
+
+def test_auto_serves_fp32_from_a_card_without_variants_and_forcing_a_missing_one_is_refused(caplog) -> None:
+    card = ModelCard.load(SENTIMENT)
+    card.variants = {}
+    cpu = Runtime(RuntimeOptions(provider="cpu"), available_providers=[CPU])
+    with caplog.at_level(logging.INFO):
+        assert cpu.choose_variant(card).precision == "fp32"
+    assert "no int8 variant" in caplog.text
+    forced = Runtime(RuntimeOptions(provider="cpu", precision="int8"), available_providers=[CPU])
+    with pytest.raises(VariantUnavailable, match=r"sentiment/1: precision=int8 but model.json offers \['fp32'\]"):
+        forced.choose_variant(card)
+
+
+def test_an_unknown_precision_setting_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LSTM_SERVE_PRECISION", "int4")
+    with pytest.raises(ValidationError, match="precision"):
+        Settings()
+
+
+def test_server_start_with_an_unknown_precision_exits_with_the_reason(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match=r"(?s)exited with .*precision"):
+        launch_server({"precision": "int4"}, tmp_path / "logs", timeout=60)
+
+
+def test_server_forced_to_a_variant_the_card_lacks_is_not_ready_and_says_why(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(SENTIMENT, repo / "sentiment" / "1")
+    card = ModelCard.load(repo / "sentiment" / "1")
+    card.variants.pop("fp16")
+    card.save(repo / "sentiment" / "1")
+    server = launch_server(
+        {"model_repository": repo, "precision": "fp16", "warmup": "false"}, tmp_path / "logs", wait_for="/healthz"
+    )
+    try:
+        server.wait_for_log("refusing model")
+        ready = httpx.get(f"{server.url}/readyz")
+        assert ready.status_code == 503
+        assert "precision=fp16 but model.json offers ['fp32', 'int8']" in ready.json()["models"]["sentiment"]
+    finally:
+        assert server.stop() == 0
+
+
+def test_server_shows_the_variant_it_serves(tmp_path: Path) -> None:
+    server = launch_server({"model_repository": REPO, "precision": "int8", "warmup": "false"}, tmp_path / "logs")
+    try:
+        serving = httpx.get(f"{server.url}/v1/models").json()["serving"]
+        assert serving["sentiment"]["precision"] == "int8" and serving["sentiment"]["provider"] == CPU
+        assert serving["sentiment"]["files"] == ["model.int8.onnx"]
+        metrics = httpx.get(f"{server.url}/metrics").text
+        info = f'lstm_serve_model_info{{model="sentiment",precision="int8",provider="{CPU}",version="1"}} 1.0'
+        assert info in metrics
+        config = httpx.get(f"{server.url}/v2/models/sentiment/config").json()
+        assert config["parameters"]["precision"] == {"string_value": "int8"}
+        assert config["parameters"]["graph_files"] == {"string_value": "model.int8.onnx"}
+    finally:
+        assert server.stop() == 0
+
+
+def test_int8_answers_on_fixed_sentences_are_within_the_gate_of_fp32() -> None:
+    """Through the serving pipeline: the first 1,000 validation sentences, int8 against fp32."""
+    dev = load_split("dev").head(1000)
+    answers = {}
+    for precision in ("fp32", "int8"):
+        pipeline = SentimentPipeline(
+            ModelCard.load(SENTIMENT), SENTIMENT, Runtime(RuntimeOptions(provider="cpu", precision=precision))
+        )
+        assert pipeline.variant.precision == precision
+        items = pipeline.preprocess(dev.texts, None)  # type: ignore[arg-type]
+        answers[precision] = np.concatenate(
+            [np.asarray(pipeline.run_batch(items[i : i + 32])) for i in range(0, len(items), 32)]
+        )
+    labels = {p: a.argmax(axis=1) for p, a in answers.items()}
+    agreement = float((labels["int8"] == labels["fp32"]).mean())
+    accuracy = {p: float((lab == np.asarray(dev.labels)).mean()) for p, lab in labels.items()}
+    assert agreement >= MIN_LABEL_AGREEMENT
+    assert abs(100 * (accuracy["int8"] - accuracy["fp32"])) <= MAX_ACCURACY_DELTA_POINTS
+    assert float(np.abs(answers["int8"] - answers["fp32"]).max()) < 0.1
