@@ -7,7 +7,6 @@ On SIGTERM (or Ctrl-C) uvicorn stops accepting connections and lets in-flight re
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 from collections.abc import Sequence
 from types import FrameType
@@ -15,6 +14,8 @@ from types import FrameType
 import uvicorn
 
 from service.app import create_app
+from service.logs import configure as configure_logging
+from service.protocol import protocol_class
 from service.registry import ModelRegistry
 from service.settings import Settings
 
@@ -54,17 +55,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv or [])
     overrides = {k: v for k, v in vars(args).items() if v is not None}
     settings = Settings(**overrides)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        log_config=None,  # keep the basicConfig format above for uvicorn's loggers too
+        log_config=None,  # keep the format configured above for uvicorn's loggers too
         access_log=False,  # per-request logging costs more than the inference; metrics count requests
         timeout_graceful_shutdown=settings.graceful_timeout_s,
         lifespan="on",
+        # The request edge (docs/security.md): headers within header_timeout_s or the connection is closed,
+        # idle keep-alive connections closed, at most max_connections at once (503 beyond), no Server header.
+        http=protocol_class(settings.header_timeout_s),
+        timeout_keep_alive=settings.keep_alive_s,
+        limit_concurrency=settings.max_connections,
+        server_header=False,
     )
     server = _Server(config, app.state.registry)
     # uvicorn re-raises the signal it caught once it has shut down; a no-op handler makes that re-raise
