@@ -12,12 +12,14 @@ import logging
 from contextvars import ContextVar
 
 REQUEST_ID: ContextVar[str] = ContextVar("request_id", default="-")
-TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
+# "... service.errors [4f1c...]: message" for a request's lines; no brackets outside requests.
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s%(request_tag)s: %(message)s"
 
 
 class RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = REQUEST_ID.get()
+        record.request_tag = "" if record.request_id == "-" else f" [{record.request_id}]"
         return True
 
 

@@ -26,7 +26,7 @@ from service.metrics import Metrics
 from service.pipelines.base import NotCalibrated, Pipeline
 from service.pipelines.registry import pipeline_class
 from service.repository import scan
-from service.runtime import Runtime
+from service.runtime import ProviderUnavailable, Runtime
 from service.settings import BatchingSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -123,9 +123,12 @@ class ModelRegistry:
                 except Exception as exc:  # one broken model must not take down the others
                     log.exception("refusing model %s version %s: loading failed", mv.name, mv.version)
                     # The exception's text (onnxruntime's, with absolute paths) is for the log only.
-                    detail = str(exc) if isinstance(exc, WireMismatch) else "see the server log"
+                    detail = str(exc) if isinstance(exc, WireMismatch | ProviderUnavailable) else "see the server log"
                     self.problems[mv.name] = f"version {mv.version} failed to load ({detail})"
-        except Exception:  # e.g. provider=cuda without a GPU: stay up, not ready
+        except ProviderUnavailable as exc:  # provider=cuda without a GPU: stay up, not ready, and say why
+            log.exception("model loading failed")
+            self.problems["*"] = str(exc)  # our own words, no paths
+        except Exception:
             log.exception("model loading failed")
             self.problems["*"] = "the runtime failed to start (see the server log)"
         self.loaded = True

@@ -4,8 +4,9 @@ The policy (docs/security.md, "Model repository"; Triton's strict readiness as t
 "ready" means):
 
 - A version folder is named by a number. Every other (non-hidden) folder beside them is reported as
-  ignored; a model folder with no version folder at all is refused (not silently skipped), so the
-  server is not ready: a misnamed upload cannot go unnoticed.
+  ignored. A model folder with no version folder but a ``model.json`` in it or in a misnamed folder
+  (``v1/``) is refused (not silently skipped), so the server is not ready: a misnamed upload cannot go
+  unnoticed. A folder with nothing of a model in it (``lost+found`` on a volume) is ignored (a WARNING line).
 - A version is refused when its ``model.json`` is missing or invalid, does not name the folder it is
   in, or any file it lists is missing or has another sha256: serving weights that are not the ones the
   card's metrics describe would be worse than serving nothing.
@@ -97,8 +98,16 @@ def choose(model_dir: Path, pin: str | None = None) -> ModelVersion:
         chosen = check_version(name, pin, model_dir / pin)
         return ModelVersion(chosen.name, chosen.version, chosen.folder, chosen.card, chosen.problem, tuple(notes))
     if not versions:
-        found = f" (found: {', '.join(others)})" if others else ""
-        problem = f"no version folder: version folders are named by a number{found}"
+        has_card = (model_dir / MODEL_CARD_FILENAME).exists()
+        misnamed = [other for other in others if (model_dir / other / MODEL_CARD_FILENAME).exists()]
+        if not has_card and not misnamed:  # lost+found on a volume, an empty folder: nothing to serve
+            return ModelVersion(name, "", model_dir, None, None, tuple(notes))
+        if has_card and name.isdigit():
+            problem = f"no models: {name}/ is a version folder; the repository holds <model>/<version>/ folders"
+        elif has_card:
+            problem = f"no version folder: {MODEL_CARD_FILENAME} belongs in {name}/<version>/"
+        else:
+            problem = f"no version folder: version folders are named by a number (found: {', '.join(misnamed)})"
         return ModelVersion(name, "", model_dir, None, problem, tuple(notes))
     refused: list[ModelVersion] = []
     for version in reversed(versions):
@@ -121,13 +130,22 @@ def scan(repository: Path, pins: Mapping[str, str] | None = None) -> list[ModelV
     if not repository.is_dir():
         log.error("model repository %s does not exist", repository)
         return []
-    chosen = [
+    every = [
         choose(model_dir, pins.get(model_dir.name))
         for model_dir in sorted(p for p in repository.iterdir() if p.is_dir() and not p.name.startswith("."))
     ]
-    for mv in chosen:
+    for mv in every:
         for where, note in mv.notes:
             log.error("model repository %s: %s: %s", repository, where, note)
+        if mv.card is None and mv.problem is None:
+            log.warning(
+                "model repository %s: ignoring %s/: no version folder and no %s",
+                repository,
+                mv.name,
+                MODEL_CARD_FILENAME,
+            )
+    chosen = [mv for mv in every if mv.card is not None or mv.problem is not None]
+    for mv in chosen:
         if mv.problem:
             log.error("refusing model %s version %s (%s): %s", mv.name, mv.version, mv.folder, mv.problem)
         else:

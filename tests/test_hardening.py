@@ -430,6 +430,11 @@ def test_repository_policy(tmp_path: Path) -> None:
     shutil.rmtree(tmp_path / "sentiment" / "1")
     (alone,) = scan(tmp_path)
     assert alone.problem == "no model.json" and alone.version == "2"
+    (tmp_path / "lost+found").mkdir()  # a volume's root: nothing of a model, ignored
+    assert [mv.name for mv in scan(tmp_path)] == ["sentiment"]
+    flat = tmp_path / "flat"  # files straight in the model folder
+    shutil.copytree(SENTIMENT / "1", flat)
+    assert choose(flat).problem == "no version folder: model.json belongs in flat/<version>/"
 
 
 def _reports(server: ServerHandle, tmp: Path) -> tuple[httpx.Response, dict]:
