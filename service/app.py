@@ -14,14 +14,16 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
-from service.api import health, native, v2
+from service.api import health, native, openapi, v2
 from service.dataplane import DataPlane
 from service.errors import install_error_handlers
 from service.metrics import Metrics
-from service.middleware import BodyLimitMiddleware, MetricsMiddleware
+from service.middleware import MetricsMiddleware, RequestBodyMiddleware, RequestContextMiddleware
 from service.pipelines.registry import discover
 from service.registry import ModelRegistry, ServedModels
+from service.security import ApiKeyMiddleware, KeySet, RateLimitMiddleware, TokenBuckets
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -50,17 +52,38 @@ def create_app(
         summary="LSTM models (" + ", ".join(tasks) + ") on onnxruntime, with dynamic batching.",
         version="0.1.0",
         lifespan=lifespan,
+        responses=openapi.edge_errors(settings),  # what the request edge may answer on any route
     )
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.registry = registry
     app.state.dataplane = dataplane
     install_error_handlers(app)
-    app.include_router(native.build_router(tasks))
+    app.include_router(native.build_router(tasks, settings))
     app.include_router(health.router)
     app.include_router(v2.router)
-    # Outermost first at request time: metrics see every answer, including the body limit's 413.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    openapi.install(app, settings)
+    # The last added is the outermost. At request time: request id and the 500 handler, metrics (they see
+    # every answer), CORS (its headers on every answer, preflights answered before auth), API keys, rate
+    # limit, then the body is read (so nobody unauthorised or over their rate makes the server buffer one).
+    app.add_middleware(
+        RequestBodyMiddleware, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s, metrics=metrics
+    )
+    if settings.rate_limit_per_s > 0:
+        burst = settings.rate_limit_burst or max(1, round(settings.rate_limit_per_s))
+        app.add_middleware(RateLimitMiddleware, buckets=TokenBuckets(settings.rate_limit_per_s, burst))
+    keys = KeySet.load(settings.api_keys, settings.api_keys_file)
+    if keys:
+        app.add_middleware(ApiKeyMiddleware, keys=keys, metrics_auth=settings.metrics_auth)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID", "Inference-Header-Content-Length"],
+            expose_headers=["X-Request-ID", "Retry-After", "Inference-Header-Content-Length"],
+        )
     route_tasks = {pipeline.wire.native_path: task for task, pipeline in tasks.items()}
     app.add_middleware(MetricsMiddleware, metrics=metrics, registry=registry, route_tasks=route_tasks)
+    app.add_middleware(RequestContextMiddleware)
     return app

@@ -60,6 +60,8 @@ class DataPlane:
                 raise InvalidInput(f"{name.at(i)}: expected a string, got {type(text).__name__}")
             if not 1 <= len(text) <= max_chars:
                 raise InvalidInput(f"{name.at(i)}: expected 1 to {max_chars} characters, got {len(text)}")
+            if text.isspace():  # nothing to read: any answer would be made up
+                raise InvalidInput(f"{name.at(i)}: only white space; expected some text")
 
     async def infer(
         self,

@@ -2,8 +2,9 @@
 
 Service code raises a ``ServiceError`` subclass (its HTTP status and headers are part of the class);
 FastAPI's own validation and routing errors are rewritten into the same shape here, so no client ever
-sees two error formats. 400/404/413/422 for bad input, 503 + Retry-After when overloaded or not ready,
-504 when a deadline passed, 500 only for real bugs.
+sees two error formats. 400/404/413/415/422 for bad input, 401 without a valid API key, 408 for a body
+that does not arrive in time, 429 + Retry-After over the rate limit, 503 + Retry-After when overloaded
+or not ready, 504 when a deadline passed, 500 only for real bugs.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.logs import REQUEST_ID
+
 log = logging.getLogger(__name__)
 
 
@@ -26,6 +29,10 @@ class ServiceError(Exception):
 
 class InvalidInput(ServiceError):
     status_code = 422
+
+
+class UnsupportedMediaType(ServiceError):
+    status_code = 415
 
 
 class ModelNotFound(ServiceError):
@@ -64,7 +71,9 @@ class BatchFailed(ServiceError):
 
 
 def error_response(status_code: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status_code, headers=headers)
+    # A message may quote what the client sent; a lone surrogate in it cannot be encoded as UTF-8.
+    safe = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    return JSONResponse({"error": safe}, status_code=status_code, headers=headers)
 
 
 def _describe_validation(errors: list[dict[str, Any]]) -> str:
@@ -79,6 +88,9 @@ def _describe_validation(errors: list[dict[str, Any]]) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
+        if isinstance(exc, BatchFailed):  # its text is onnxruntime's: for the log, not for clients
+            log.error("%s", exc)
+            return error_response(exc.status_code, f"inference failed (request id {REQUEST_ID.get()})", exc.headers)
         if exc.status_code >= 500 and not isinstance(exc, ModelNotReady | QueueFull | ShuttingDown):
             log.warning("%s: %s", type(exc).__name__, exc)
         return error_response(exc.status_code, str(exc), exc.headers)
@@ -93,8 +105,5 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return error_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
-
-    @app.exception_handler(Exception)
-    async def _bug(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error")
-        return error_response(500, f"internal error: {type(exc).__name__}")
+    # Anything else is a bug: service.middleware.RequestContextMiddleware logs it once with its request id
+    # and answers 500 with that id (never the exception's name or text).

@@ -95,6 +95,13 @@ class Metrics:
         self.inflight_requests = Gauge(
             f"{PREFIX}_inflight_requests", "Requests being served.", mv, registry=reg, multiprocess_mode="livesum"
         )
+        # What slow or stalled uploads hold: falls back to 0 when their bodies are complete, dropped or timed out.
+        self.request_body_bytes = Gauge(
+            f"{PREFIX}_request_body_bytes",
+            "Bytes of request bodies being received.",
+            registry=reg,
+            multiprocess_mode="livesum",
+        )
         self.model_info = Gauge(
             f"{PREFIX}_model_info",
             "1 for each served model version, with its provider and the precision variant it serves.",

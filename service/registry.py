@@ -26,10 +26,14 @@ from service.metrics import Metrics
 from service.pipelines.base import NotCalibrated, Pipeline
 from service.pipelines.registry import pipeline_class
 from service.repository import scan
-from service.runtime import Runtime
+from service.runtime import ProviderUnavailable, Runtime, VariantUnavailable
 from service.settings import BatchingSettings, Settings
 
 log = logging.getLogger(__name__)
+
+
+class WireMismatch(ValueError):
+    """The card's tensors are not what its task's pipeline reads and writes (a short, path-free reason)."""
 
 
 @dataclass(eq=False)
@@ -90,7 +94,8 @@ class ServedModels:
 
     def __init__(self) -> None:
         self.models: dict[str, ServedModel] = {}
-        self.problems: dict[str, str] = {}  # model name -> why it is not served
+        self.problems: dict[str, str] = {}  # model name -> why it is not served (short: clients see it)
+        self.notes: dict[str, str] = {}  # "<model>/<folder>" -> what is wrong beside a served version
         self.loaded = False
         self._stopping = False
 
@@ -119,7 +124,7 @@ class ServedModels:
         return self.loaded and not self._stopping and bool(self.models) and not self.problems
 
     def readiness(self) -> dict[str, Any]:
-        """Per-model state for ``/readyz``."""
+        """Per-model state for ``/readyz`` and ``/v1/models``, plus ``problems`` beside served versions."""
         states: dict[str, str] = {name: "ready" for name in self.models}
         states.update({name: f"refused: {why}" for name, why in self.problems.items()})
         if not self.loaded:
@@ -128,7 +133,7 @@ class ServedModels:
             status = "stopping"
         else:
             status = "ready" if self.ready else "not ready"
-        return {"status": status, "models": states}
+        return {"status": status, "models": states, "problems": dict(self.notes)}
 
     def get(self, name: str, version: str | None = None) -> ServedModel:
         model = self.models.get(name)
@@ -196,9 +201,10 @@ class ModelRegistry(ServedModels):
             self.runtime = await asyncio.to_thread(Runtime, self.settings.runtime_options())
             found = await asyncio.to_thread(scan, self.settings.model_repository, self.settings.model_versions)
             if not found:
-                self.problems["*"] = f"no models in {self.settings.model_repository}"
-                log.error("not ready: %s", self.problems["*"])
+                self.problems["*"] = "no models in the model repository"
+                log.error("not ready: no models in %s", self.settings.model_repository)
             for mv in found:
+                self.notes.update(mv.notes)
                 if mv.problem or mv.card is None:
                     self.problems[mv.name] = mv.problem or "refused"
                     continue
@@ -206,10 +212,16 @@ class ModelRegistry(ServedModels):
                     self.models[mv.name] = await self._load_one(mv.name, mv.version, mv.folder, mv.card)
                 except Exception as exc:  # one broken model must not take down the others
                     log.exception("refusing model %s version %s: loading failed", mv.name, mv.version)
-                    self.problems[mv.name] = f"loading failed: {type(exc).__name__}: {exc}"
-        except Exception as exc:  # e.g. provider=cuda without a GPU: stay up, not ready
+                    # The exception's text (onnxruntime's, with absolute paths) is for the log only.
+                    ours = isinstance(exc, WireMismatch | ProviderUnavailable | VariantUnavailable)
+                    detail = str(exc) if ours else "see the server log"
+                    self.problems[mv.name] = f"version {mv.version} failed to load ({detail})"
+        except ProviderUnavailable as exc:  # provider=cuda without a GPU: stay up, not ready, and say why
             log.exception("model loading failed")
-            self.problems["*"] = f"{type(exc).__name__}: {exc}"
+            self.problems["*"] = str(exc)  # our own words, no paths
+        except Exception:
+            log.exception("model loading failed")
+            self.problems["*"] = "the runtime failed to start (see the server log)"
         self.loaded = True
         # Everything loaded so far lives as long as the process: move it out of the collector's sight, so
         # full collections under load scan only request garbage (they otherwise add tens of ms to the p99).
@@ -224,7 +236,7 @@ class ModelRegistry(ServedModels):
         cls = pipeline_class(card.task)
         problem = wire_problem(card, cls)
         if problem:
-            raise ValueError(problem)
+            raise WireMismatch(problem)
         pipeline = await asyncio.to_thread(cls, card, folder, self.runtime)
         batching = self.settings.batching_for(card.serving)
         variant = pipeline.variant

@@ -197,11 +197,13 @@ class RemoteRegistry(ServedModels):
         """A worker connected, changed, or went away: rebuild what this front end serves."""
         states = [x.state for x in self.links]
         problems: dict[str, str] = {}
+        notes: dict[str, str] = {}
         for x, state in zip(self.links, states, strict=True):
             if state is None:
                 problems[f"inference-{x.index}"] = "inference worker not connected (starting or restarting)"
             else:
                 problems.update(state["problems"])
+                notes.update(state.get("notes", {}))
                 if state["stopping"]:
                     problems[f"inference-{x.index}"] = "inference worker stopping"
         self.loaded = all(s is not None and s["loaded"] for s in states)
@@ -211,6 +213,7 @@ class RemoteRegistry(ServedModels):
                 if served is None or served.version != info["version"]:
                     self._build(name, info)
         self.problems = {**problems, **self._front_problems}
+        self.notes = notes
         self._publish()
 
     def _build(self, name: str, info: dict[str, Any]) -> None:

@@ -7,7 +7,6 @@ On SIGTERM (or Ctrl-C) uvicorn stops accepting connections and lets in-flight re
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 from collections.abc import Sequence
 from types import FrameType
@@ -16,6 +15,8 @@ import uvicorn
 
 from service.app import create_app
 from service.layout import process_layout
+from service.logs import configure as configure_logging_as
+from service.protocol import protocol_class
 from service.registry import ServedModels
 from service.settings import Settings
 
@@ -59,15 +60,22 @@ def uvicorn_config(app: object, settings: Settings) -> uvicorn.Config:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        log_config=None,  # keep the basicConfig format for uvicorn's loggers too
+        log_config=None,  # keep the format configured by configure_logging for uvicorn's loggers too
         access_log=False,  # per-request logging costs more than the inference; metrics count requests
         timeout_graceful_shutdown=settings.graceful_timeout_s,
         lifespan="on",
+        # The request edge (docs/security.md): headers within header_timeout_s or the connection is closed,
+        # idle keep-alive connections closed, at most max_connections at once (503 beyond), no Server header.
+        http=protocol_class(settings.header_timeout_s),
+        timeout_keep_alive=settings.keep_alive_s,
+        limit_concurrency=settings.max_connections,
+        server_header=False,
     )
 
 
 def configure_logging(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """Every process of a server logs alike (``log_level``, ``log_format``: text or JSON lines)."""
+    configure_logging_as(settings.log_level, settings.log_format)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

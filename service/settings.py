@@ -10,10 +10,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
 
 from service.runtime_options import GraphOptimization, PrecisionChoice, ProviderChoice, RuntimeOptions
 
@@ -81,6 +87,42 @@ class Settings(BaseSettings):
     )
     graceful_timeout_s: float = Field(30.0, ge=0, description="on SIGTERM, longest wait for queued work")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="log level")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text, or json: one JSON object a line, for log shippers"
+    )
+    # --- the request edge (docs/security.md says what each protects against) ---
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated API keys; set: every endpoint but the probes needs Authorization: Bearer <key>",
+    )
+    api_keys_file: Path | None = Field(
+        None, description="a file of API keys, one key (or its sha256 in hex) a line; adds to api_keys"
+    )
+    metrics_auth: bool = Field(False, description="/metrics needs an API key too (when keys are set)")
+    rate_limit_per_s: float = Field(
+        0.0, ge=0, description="requests a second per client (API key, else address), per process; 0 = off"
+    )
+    rate_limit_burst: int = Field(0, ge=0, description="token bucket size per client (0 = max(1, rate_limit_per_s))")
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="a connection's request headers must arrive within this; else it is closed"
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="a request body must arrive within this after its headers; else 408 and close"
+    )
+    keep_alive_s: int = Field(5, ge=1, description="idle keep-alive connections are closed after this")
+    max_connections: int = Field(
+        1000, ge=1, description="open connections (and requests) per process before 503 (uvicorn limit_concurrency)"
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="comma-separated origins browsers may call from (none: no CORS headers)"
+    )
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @classmethod
     def settings_customise_sources(

@@ -24,6 +24,7 @@ from typing import Any
 from service.batching import Job
 from service.errors import QueueFull, ServiceError
 from service.ipc import FramedProtocol, decode_items, encode_outputs
+from service.logs import configure as configure_logging
 from service.metrics import Metrics
 from service.pipelines.registry import discover
 from service.procstate import ProcessState, ProcessTable
@@ -41,6 +42,7 @@ def registry_state(registry: ModelRegistry) -> dict[str, Any]:
         "loaded": registry.loaded,
         "stopping": registry.stopping,
         "problems": dict(registry.problems),
+        "notes": dict(registry.notes),
         "provider": registry.runtime.provider if registry.runtime else None,
         "models": {
             name: {
@@ -182,7 +184,7 @@ async def serve(settings: Settings, socket_path: Path, table: ProcessTable | Non
 def run(slot: int, socket_path: str, device_id: int, overrides: dict[str, Any]) -> None:
     """Process entry point (spawned by the supervisor): serve the models on one device."""
     settings = Settings(**{**overrides, "cuda_device_ids": [device_id]})
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
     table = ProcessTable.from_env()
     if table is not None:
         table.set(slot, ProcessState.STARTING, os.getpid())

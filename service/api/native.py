@@ -18,56 +18,60 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StrictStr, ValidationError, create_model
 
 from service.api.common import dataplane, disconnected, registry
+from service.api.openapi import errors, json_body
+from service.errors import UnsupportedMediaType
 from service.pipelines.base import Pipeline
+from service.settings import Settings
 
 PREFIX = "/v1"
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"description": text, "content": {"application/json": {"example": {"error": text}}}}
-    for code, text in {
-        400: "malformed JSON",
-        404: "no such model",
-        413: "request body too large",
-        422: "invalid texts or parameters",
-        503: "queue full or not ready (see Retry-After)",
-        504: "request deadline passed",
-    }.items()
-}
+ERRORS = errors(400, 404, 415, 422, 503, 504)
 
 BodyT = TypeVar("BodyT", bound=BaseModel)
 
 
-def _body_spec(model: type[BaseModel]) -> dict[str, Any]:
-    """OpenAPI request body for a route that parses its own body (``parse_body``)."""
-    schema = model.model_json_schema()
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+def is_json(content_type: str | None) -> bool:
+    media = (content_type or "").partition(";")[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
 async def parse_body(request: Request, model: type[BodyT]) -> BodyT:
-    """Parse and validate the JSON body in one pass (pydantic-core), whatever the Content-Type says.
+    """Check the Content-Type, then parse and validate the JSON body in one pass (pydantic-core), strictly.
 
     Why not a FastAPI body parameter: on the hot path its dependency machinery plus ``json.loads`` plus
     validation costs a sizeable share of a small model's request CPU. Errors take the same route as
-    FastAPI's (``RequestValidationError``: 400 malformed JSON, 422 wrong shape).
+    FastAPI's (``RequestValidationError``: 400 malformed JSON, 422 wrong shape). A body that is not
+    declared JSON is refused (415): a cross-site ``text/plain`` form post cannot run inference. Strict:
+    ``"4"`` or ``true`` is not a number.
     """
+    if not is_json(request.headers.get("content-type")):
+        raise UnsupportedMediaType("Content-Type must be application/json")
     raw = await request.body()
     try:
-        return model.model_validate_json(raw)
+        return model.model_validate_json(raw, strict=True)
     except ValidationError as exc:
         errors = [{"type": e["type"], "loc": ("body", *e["loc"]), "msg": e["msg"]} for e in exc.errors()]
         raise RequestValidationError(errors) from None
 
 
-def request_model(pipeline: type[Pipeline]) -> type[BaseModel]:
+def request_model(pipeline: type[Pipeline], settings: Settings) -> type[BaseModel]:
     """The native request body: the task's parameters (``Wire.params``) plus ``texts``.
 
     A subclass of the parameters model, so the validated body is passed to the pipeline as its params.
+    The schema states the settings' limits on ``texts`` (the dataplane enforces them, with messages that
+    name the protocol's fields); a text must hold something besides white space.
     """
     wire = pipeline.wire
+    limits = {
+        "maxItems": settings.max_texts_per_request,
+        "items": {"type": "string", "minLength": 1, "maxLength": settings.max_text_chars, "pattern": r"\S"},
+    }
     texts = Field(
         min_length=1,
-        description="1..max_texts_per_request texts, each 1..max_text_chars characters",
+        description=f"1..{settings.max_texts_per_request} texts, each 1..{settings.max_text_chars} characters, "
+        "not only white space",
         examples=[list(wire.example)] if wire.example else None,
+        json_schema_extra=limits,
     )
     return create_model(f"{wire.schema_name}Request", __base__=wire.params, texts=(list[StrictStr], texts))
 
@@ -96,11 +100,11 @@ def _task_endpoint(
     return endpoint
 
 
-def build_router(tasks: Mapping[str, type[Pipeline]]) -> APIRouter:
+def build_router(tasks: Mapping[str, type[Pipeline]], settings: Settings) -> APIRouter:
     """The native routes of every registered task, plus ``GET /v1/models``."""
     router = APIRouter(tags=["native"])
     for task, pipeline in tasks.items():
-        body_model = request_model(pipeline)
+        body_model = request_model(pipeline, settings)
         router.add_api_route(
             pipeline.wire.native_path,
             _task_endpoint(task, body_model, pipeline.wire.results_field),
@@ -108,14 +112,18 @@ def build_router(tasks: Mapping[str, type[Pipeline]]) -> APIRouter:
             name=task,
             response_model=response_model(pipeline),
             responses=ERRORS,
-            openapi_extra=_body_spec(body_model),
+            openapi_extra=json_body(body_model),
         )
     router.add_api_route(PREFIX + "/models", models, methods=["GET"])
     return router
 
 
 async def models(request: Request) -> JSONResponse:
-    """The model cards of the served versions, what runs for each (provider, precision), and every model's state."""
+    """The model cards of the served versions, what runs for each (provider, precision), every model's state,
+    and repository problems beside the served versions."""
     served = registry(request)
     cards = [card.model_dump(mode="json") for card in served.cards()]
-    return JSONResponse({"models": cards, "serving": served.serving(), "state": served.readiness()["models"]})
+    readiness = served.readiness()
+    return JSONResponse(
+        {"models": cards, "serving": served.serving(), "state": readiness["models"], "problems": readiness["problems"]}
+    )

@@ -20,10 +20,12 @@ from pydantic import BaseModel, ValidationError
 
 from lstm_core.model_card import TensorSpec
 from service.api.common import dataplane, disconnected, registry
+from service.api.openapi import errors, json_body
 from service.dataplane import TextsName
 from service.errors import InvalidInput
 from service.registry import ServedModel
 from service.v2.codec import (
+    BINARY_CONTENT_TYPE,
     BINARY_HEADER,
     CodecError,
     DecodedRequest,
@@ -37,6 +39,8 @@ from service.v2.types import (
     TRITON_CONFIG_TYPES,
     ConfigTensor,
     DynamicBatching,
+    InferenceRequest,
+    InferenceResponse,
     LiveResponse,
     MetadataTensor,
     ModelConfig,
@@ -63,8 +67,30 @@ VERSION = "/models/{model_name}/versions/{model_version}"
 # --- inference (first: routes are matched in order, and this one is under load) -------------------------
 
 
-@router.post(MODEL + "/infer")
-@router.post(VERSION + "/infer")
+BINARY = {"schema": {"type": "string", "format": "binary"}}
+INFER_EXAMPLE = {"inputs": [{"name": "text", "shape": [1, 1], "datatype": "BYTES", "data": ["A charming journey."]}]}
+INFER_BODY = json_body(InferenceRequest, **{BINARY_CONTENT_TYPE: BINARY}) | {
+    "parameters": [
+        {
+            "name": BINARY_HEADER,
+            "in": "header",
+            "required": False,
+            "description": "binary tensor extension: the length of the JSON part; binary tensors follow it",
+            "schema": {"type": "integer", "minimum": 1},
+        }
+    ]
+}
+INFER_DOC = {
+    "response_model": InferenceResponse,
+    "responses": {200: {"content": {BINARY_CONTENT_TYPE: BINARY}}, **errors(400, 404, 413, 503, 504)},
+    "openapi_extra": INFER_BODY,
+}
+INFER_BODY["requestBody"]["content"]["application/json"]["example"] = INFER_EXAMPLE
+MODEL_ERRORS = errors(404, 503)
+
+
+@router.post(MODEL + "/infer", **INFER_DOC)
+@router.post(VERSION + "/infer", **INFER_DOC)
 async def infer(request: Request, model_name: str, model_version: str | None = None) -> Response:
     started = time.monotonic()
     model = registry(request).get(model_name, model_version)
@@ -104,7 +130,7 @@ async def server_live() -> LiveResponse:
     return LiveResponse(live=True)
 
 
-@router.get("/health/ready", response_model=ReadyResponse)
+@router.get("/health/ready", response_model=ReadyResponse, responses=errors(503))
 async def server_ready(request: Request) -> JSONResponse:
     served = registry(request)
     if served.ready:
@@ -115,8 +141,8 @@ async def server_ready(request: Request) -> JSONResponse:
 # --- models ------------------------------------------------------------------------------------------
 
 
-@router.get(MODEL, response_model=ModelMetadata)
-@router.get(VERSION, response_model=ModelMetadata)
+@router.get(MODEL, response_model=ModelMetadata, responses=MODEL_ERRORS)
+@router.get(VERSION, response_model=ModelMetadata, responses=MODEL_ERRORS)
 async def model_metadata(request: Request, model_name: str, model_version: str | None = None) -> ModelMetadata:
     model = registry(request).get(model_name, model_version)
     return ModelMetadata(
@@ -128,8 +154,8 @@ async def model_metadata(request: Request, model_name: str, model_version: str |
     )
 
 
-@router.get(MODEL + "/ready", response_model=ModelReadyResponse)
-@router.get(VERSION + "/ready", response_model=ModelReadyResponse)
+@router.get(MODEL + "/ready", response_model=ModelReadyResponse, responses=MODEL_ERRORS)
+@router.get(VERSION + "/ready", response_model=ModelReadyResponse, responses=MODEL_ERRORS)
 async def model_ready(request: Request, model_name: str, model_version: str | None = None) -> JSONResponse:
     """200 when the version is loaded and warmed; 404 unknown, 503 (V2 error body) loading, refused, stopping."""
     served = registry(request)
@@ -139,8 +165,8 @@ async def model_ready(request: Request, model_name: str, model_version: str | No
     return JSONResponse(ModelReadyResponse(name=model.name, ready=True).model_dump())
 
 
-@router.get(MODEL + "/config", response_model=ModelConfig)
-@router.get(VERSION + "/config", response_model=ModelConfig)
+@router.get(MODEL + "/config", response_model=ModelConfig, responses=MODEL_ERRORS)
+@router.get(VERSION + "/config", response_model=ModelConfig, responses=MODEL_ERRORS)
 async def model_config(request: Request, model_name: str, model_version: str | None = None) -> ModelConfig:
     """Triton-style model config: what perf_analyzer reads to shape its requests.
 
@@ -207,7 +233,7 @@ def _params(model: type[BaseModel], parameters: dict[str, Any]) -> BaseModel:
     """
     chosen = {key: parameters[key] for key in model.model_fields if key in parameters}
     try:
-        return model.model_validate(chosen)
+        return model.model_validate(chosen, strict=True)  # "4" or true is not a number
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise CodecError(f"invalid parameters: {problems}") from None

@@ -8,9 +8,9 @@ explicitly by the codec instead.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
+from pydantic import BaseModel, ConfigDict, Field
 
 # The tensor element types of the protocol (BF16 is a Triton addition we do not serve).
 Datatype = Literal[
@@ -20,6 +20,8 @@ Datatype = Literal[
 # $parameters: string keys, scalar values. bool is listed first so JSON true stays a bool, not 1.
 ParameterValue = bool | int | float | str
 Parameters = dict[str, ParameterValue]
+# A dimension is an int64 in the protocol (and in Triton): anything larger is refused as invalid (400).
+Dimension = Annotated[int, Field(ge=0, le=2**63 - 1)]
 
 # V2 datatype -> Triton model-config data_type (what /config shows; perf_analyzer and Model Analyzer read it).
 TRITON_CONFIG_TYPES: dict[str, str] = {
@@ -49,7 +51,7 @@ class RequestInput(_Lenient):
     """$request_input. ``data`` is absent when the tensor travels as binary (``binary_data_size``)."""
 
     name: str
-    shape: list[NonNegativeInt]
+    shape: list[Dimension]
     datatype: Datatype
     parameters: Parameters = Field(default_factory=dict)
     data: list[Any] | None = None
