@@ -73,6 +73,21 @@ class Metrics:
             f"{PREFIX}_queue_capacity_items", "Most items the batch queue holds before 503.", mv, registry=reg
         )
         self.inflight_requests = Gauge(f"{PREFIX}_inflight_requests", "Requests being served.", mv, registry=reg)
+        # Step-level decoding (service.continuous): the running set, each decoder step, tokens produced.
+        self.decoder_rows = Gauge(
+            f"{PREFIX}_decoder_rows", "Live decoder rows (sentences x beams) in the running set.", mv, registry=reg
+        )
+        self.decoder_step_duration = hist(
+            "decoder_step_duration_seconds",
+            "Time of one decoder step of the running set (admission and encoder included).",
+            LATENCY_BUCKETS,
+        )
+        self.decoder_tokens_total = Counter(
+            f"{PREFIX}_decoder_tokens_total",
+            "Tokens generated: one per live sentence per decoder step.",
+            mv,
+            registry=reg,
+        )
         self.model_info = Gauge(
             f"{PREFIX}_model_info",
             "1 for each served model version, with its provider.",
