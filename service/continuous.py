@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -31,6 +32,12 @@ from service.pipelines.base import Item, StepDecoding
 from service.settings import BatchingSettings
 
 log = logging.getLogger(__name__)
+
+# The decode thread and the event loop hand the GIL back and forth several times per decoder step
+# (ORT releases it while it computes). With CPython's default 5 ms switch interval a thread that wants
+# the GIL back can wait up to 5 ms for the other one to block: measured on the shipped model at
+# concurrency 1, greedy 13.5 ms vs 11.1 ms per request for the round batcher. At 0.1 ms: 11.65 ms.
+SWITCH_INTERVAL_S = 1e-4
 
 
 class _Tag:
@@ -76,6 +83,8 @@ class ContinuousBatcher:
     # ---- event-loop side -------------------------------------------------------------------------
 
     def start(self) -> None:
+        if sys.getswitchinterval() > SWITCH_INTERVAL_S:
+            sys.setswitchinterval(SWITCH_INTERVAL_S)
         self._loop = asyncio.get_running_loop()
         self._stopped = self._loop.create_future()
         self._thread = threading.Thread(target=self._run, name=f"decode-{self._name}", daemon=True)
@@ -148,7 +157,7 @@ class ContinuousBatcher:
             self._loop.call_soon_threadsafe(self._stopped.set_result, None)
 
     def _step(self, scheduler: DecodeScheduler) -> None:
-        started = time.perf_counter()
+        started, admitting = time.perf_counter(), time.monotonic()
         try:
             report = scheduler.step(is_dead=_dead)
         except Exception as exc:  # a failing step fails the sentences it held, never the thread
@@ -162,9 +171,8 @@ class ContinuousBatcher:
         left_queue = len(report.admitted) + sum(1 for s in report.dropped if s.steps == 0)
         if left_queue:
             self._unqueue(left_queue)
-        now = time.monotonic()
-        for sentence in report.admitted:
-            self._m_queue_duration.observe(now - sentence.tag.enqueued)
+        for sentence in report.admitted:  # time in queue before the first step
+            self._m_queue_duration.observe(admitting - sentence.tag.enqueued)
         self._m_rows.set(report.rows)
         if report.stepped_rows:
             self._m_step.observe(elapsed)
