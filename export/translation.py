@@ -24,6 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 from tokenizers import Tokenizer
 from torch import nn
 
+from export.decode_graphs import check_graphs, check_search, write_graphs
 from export.precision import DEFAULT_VARIANTS, add_variants, parse_precisions
 from export.repository import DEFAULT_REPOSITORY, next_version, publish_version, utc_now
 from lstm_core.cost import CARD_KEY, CostModel, InconsistentTimings, fit_cost_model
@@ -299,11 +300,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     staging = Path(tempfile.mkdtemp(prefix="translation-export-", dir=args.repository.parent))
     try:
         export_graphs(model, staging)
+        step_graphs = write_graphs(staging)  # rows.onnx, topk.onnx: step-level decoding (export/decode_graphs.py)
         shutil.copy(run_dir / SRC_TOKENIZER, staging / SRC_TOKENIZER)
         shutil.copy(run_dir / TGT_TOKENIZER, staging / TGT_TOKENIZER)
         runtime = Seq2SeqRuntime.from_folder(staging)
         test_src, _ = load_pairs("test_2016_flickr", args.parity_sentences)
         parity = check_parity(model, runtime, encode_source(src_tok, test_src, 256), args.beam_size)
+        parity["step_level"] = check_graphs(staging) | check_search(staging, args.parity_sentences, (1, args.beam_size))
         print(f"parity: {parity}", flush=True)
         metrics = {"val_bleu_greedy_torch": ckpt.get("val_bleu"), "epoch": ckpt.get("epoch")}
         if not args.skip_bleu:
@@ -320,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             task="translation",
             inputs=[TensorSpec(name="text", dtype="BYTES", shape=[-1, 1])],
             outputs=[TensorSpec(name="translation", dtype="BYTES", shape=[-1, 1])],
-            graphs={name: graph_spec(staging / name) for name in (ENCODER_FILE, DECODER_FILE)},
+            graphs={name: graph_spec(staging / name) for name in (ENCODER_FILE, DECODER_FILE, *step_graphs)},
             files={},
             max_length=args.max_length,
             dataset=DatasetInfo(

@@ -102,6 +102,25 @@ class Metrics:
             registry=reg,
             multiprocess_mode="livesum",
         )
+        # Step-level decoding (service.continuous): the running set, each decoder step, tokens produced.
+        self.decoder_rows = Gauge(
+            f"{PREFIX}_decoder_rows",
+            "Live decoder rows (sentences x beams) in the running set.",
+            mv,
+            registry=reg,
+            multiprocess_mode="livesum",
+        )
+        self.decoder_step_duration = hist(
+            "decoder_step_duration_seconds",
+            "Time of one decoder step of the running set (admission and encoder included).",
+            LATENCY_BUCKETS,
+        )
+        self.decoder_tokens_total = Counter(
+            f"{PREFIX}_decoder_tokens_total",
+            "Tokens generated: one per live sentence per decoder step.",
+            mv,
+            registry=reg,
+        )
         self.model_info = Gauge(
             f"{PREFIX}_model_info",
             "1 for each served model version, with its provider and the precision variant it serves.",

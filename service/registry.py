@@ -21,6 +21,7 @@ from typing import Any
 from lstm_core.cost import UNMEASURED, CostModel, ProbeShape, fit_cost_model
 from lstm_core.model_card import ModelCard
 from service.batching import Batcher
+from service.continuous import ContinuousBatcher
 from service.errors import ModelNotFound, ModelNotReady
 from service.metrics import Metrics
 from service.pipelines.base import NotCalibrated, Pipeline
@@ -45,7 +46,7 @@ class ServedModel:
     card: ModelCard
     folder: Path
     pipeline: Pipeline
-    batcher: Batcher
+    batcher: Batcher | ContinuousBatcher
     batching: BatchingSettings
     labels: tuple[str, str] = field(init=False)
 
@@ -246,7 +247,7 @@ class ModelRegistry(ServedModels):
             count = await asyncio.to_thread(pipeline.warmup, batching.max_batch_size)
             log.info("model %s/%s warmed up with %d batches", name, version, count)
             cost_model = await asyncio.to_thread(calibrate, pipeline, batching, cost_model)
-        batcher = Batcher(pipeline, batching, self.metrics, name, version, cost_model)
+        batcher = await self._batcher(pipeline, batching, name, version, cost_model)
         batcher.start()
         self.metrics.model_info.labels(name, version, self.runtime.provider, variant.precision).set(1)
         log.info(
@@ -261,6 +262,28 @@ class ModelRegistry(ServedModels):
             batching.model_dump(),
         )
         return ServedModel(name, version, card, folder, pipeline, batcher, batching)
+
+    async def _batcher(
+        self, pipeline: Pipeline, batching: BatchingSettings, name: str, version: str, cost_model: CostModel
+    ) -> Batcher | ContinuousBatcher:
+        """Step-level batching where the pipeline offers it and ``decode_mode`` is continuous, else rounds."""
+        s = self.settings
+        engine = (
+            pipeline.step_decoding(s.decode_max_rows, s.decode_max_positions) if s.decode_mode == "continuous" else None
+        )
+        if engine is None:
+            return Batcher(pipeline, batching, self.metrics, name, version, cost_model)
+        if s.warmup:
+            count = await asyncio.to_thread(engine.warmup)
+            log.info("model %s/%s: step-level decoding warmed up with %d sentences", name, version, count)
+        log.info(
+            "model %s/%s: step-level decoding (at most %d rows, %d padded source positions)",
+            name,
+            version,
+            s.decode_max_rows,
+            s.decode_max_positions,
+        )
+        return ContinuousBatcher(engine, batching, self.metrics, name, version)
 
     def serving(self) -> dict[str, dict[str, Any]]:
         """Per served model: provider, precision variant and files actually running."""

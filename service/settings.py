@@ -76,6 +76,14 @@ class Settings(BaseSettings):
         description="most padding share in one batch: queued items are cut into length groups to stay under it",
     )
     max_queue_items: int = Field(2048, ge=1, description="queued items per model before 503 + Retry-After")
+    decode_mode: Literal["continuous", "rounds"] = Field(
+        "continuous",
+        description="step-by-step models (translation): continuous = step-level batching, rounds = batcher rounds",
+    )
+    decode_max_rows: int = Field(256, ge=1, description="continuous decoding: most decoder rows (sentences × beams)")
+    decode_max_positions: int = Field(
+        8192, ge=1, description="continuous decoding: most rows × padded source positions in the running set"
+    )
     request_timeout_s: float = Field(10.0, gt=0, description="per-request deadline; past it: 504")
     max_texts_per_request: int = Field(64, ge=1, description="most texts in one request")
     max_text_chars: int = Field(2000, ge=1, description="most characters in one text")

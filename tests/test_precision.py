@@ -88,7 +88,9 @@ def test_gate_passes_the_real_int8_build_and_records_it(sentiment_copy: Path) ->
 def test_shipped_variants_match_their_files_and_passed_their_gate(folder: Path) -> None:
     card = ModelCard.load(folder)
     assert variant_problems(card, folder) == [] and card.mismatched_files(folder) == []
-    assert card.variants["fp32"].files == {g: g for g in card.graphs}
+    fp32 = card.variants["fp32"].files
+    assert fp32 == {g: g for g in fp32} and set(fp32) <= set(card.graphs)
+    assert all(set(v.files) == set(fp32) for v in card.variants.values())
     for graph, digest in card.variants["fp32"].sha256.items():
         assert digest == FP32_SHA256[graph] == card.files[graph]  # fp32 as trained and exported
     for precision, variant in card.variants.items():

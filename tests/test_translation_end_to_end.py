@@ -61,9 +61,12 @@ def test_export_publishes_a_checked_version(exported: Path) -> None:
     card = ModelCard.load(exported)
     assert (card.name, card.version, card.task) == ("translation", "2", "translation")
     assert card.mismatched_files(exported) == []
-    expected = ["decoder.onnx", "encoder.onnx", "model.json", "source_tokenizer.json", "target_tokenizer.json"]
-    assert sorted(p.name for p in exported.iterdir()) == expected
+    expected = ["decoder.onnx", "encoder.onnx", "model.json", "rows.onnx", "source_tokenizer.json"]
+    assert sorted(p.name for p in exported.iterdir()) == [*expected, "target_tokenizer.json", "topk.onnx"]
     assert card.parity["greedy_identical"] and card.parity["greedy_mismatches"] == 0
+    step_level = card.parity["step_level"]  # rows.onnx + topk.onnx against numpy, and step-level decoding
+    assert step_level["graph_cases"] > 0 and step_level["step_level_sentences"] == 20
+    assert step_level["step_level_greedy_mismatches"] == 0
     assert card.parity["sentences"] == 20
     assert [t.name for t in card.graphs["decoder.onnx"].inputs][:2] == ["prev_token", "state_index"]
     assert card.training["special_tokens"] == {"[PAD]": 0, "[UNK]": 1, "[BOS]": 2, "[EOS]": 3}

@@ -327,6 +327,32 @@ def batching(layout: Layout) -> None:
     )
 
 
+def decoding(layout: Layout) -> None:
+    """Step-level decoding (translation, decode_mode=continuous): the running set and its steps."""
+    layout.row("Step-level decoding")
+    timeseries(
+        layout,
+        "Live decoder rows",
+        [target(f"sum by (model) (lstm_serve_decoder_rows{{{MODEL}}})", "{{model}}", "A")],
+        "none",
+        "Rows (sentences × beams) in the running set; capped by decode_max_rows. Drops at once when clients go.",
+    )
+    timeseries(
+        layout,
+        "Decoder step time: p50, p95, p99",
+        quantile_targets("lstm_serve_decoder_step_duration_seconds"),
+        "s",
+        "One step of the whole running set, admission (encoder) included.",
+    )
+    timeseries(
+        layout,
+        "Tokens generated / s",
+        [target(f"sum by (model) ({rate('lstm_serve_decoder_tokens_total')})", "{{model}}", "A")],
+        "ops",
+        "One token per live sentence per step. Time in queue before the first step: 'Queue wait' above.",
+    )
+
+
 def resources(layout: Layout) -> None:
     layout.row("Queue, provider and resources")
     queue_line = {"thresholdsStyle": {"mode": "line"}}
@@ -396,7 +422,7 @@ def resources(layout: Layout) -> None:
 
 def dashboard() -> dict[str, Any]:
     layout = Layout()
-    for section in (overview, traffic, latency, batching, resources):
+    for section in (overview, traffic, latency, batching, decoding, resources):
         section(layout)
     model_query = "label_values(lstm_serve_model_info, model)"
     return {

@@ -18,12 +18,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from lstm_core.cost import ProbeShape
+from lstm_core.decode_scheduler import DecodeScheduler, Sentence
 from lstm_core.model_card import ModelCard, Variant
 from lstm_core.tokens import UNK_ID
 from service.runtime import Runtime
@@ -81,6 +82,22 @@ class CostProbe:
 
     batch: Callable[[int, int], list[Item]]
     shape: ProbeShape = field(default_factory=ProbeShape)
+
+
+class StepDecoding(Protocol):
+    """What a pipeline that decodes step by step offers for step-level batching (``service.continuous``)."""
+
+    def scheduler(self) -> DecodeScheduler:
+        """A scheduler over the pipeline's sessions (one per decode thread)."""
+
+    def sentence(self, item: Item, tag: Any) -> Sentence:
+        """The scheduler's sentence for one item (its search settings come from the item's key)."""
+
+    def outputs(self, sentences: Sequence[Sentence]) -> list[Any]:
+        """One output per finished sentence, as ``run_batch`` would give it (runs in the decode thread)."""
+
+    def warmup(self) -> int:
+        """Run the step-level graphs over the shapes they will meet (blocking); returns sentences decoded."""
 
 
 class Pipeline(ABC, Generic[ParamsT]):
@@ -152,6 +169,10 @@ class Pipeline(ABC, Generic[ParamsT]):
         for batch in batches:
             self.run_batch(batch)
         return len(batches)
+
+    def step_decoding(self, max_rows: int, max_positions: int) -> StepDecoding | None:
+        """Step-level batching for this pipeline, bounded as given, or None (the default): batcher rounds."""
+        return None
 
     def close(self) -> None:
         """Release what the pipeline holds (sessions are dropped with it)."""

@@ -18,11 +18,13 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from tokenizers import Tokenizer
 
+from lstm_core.decode_scheduler import DecodeScheduler, Sentence
 from lstm_core.encoding import encode_source, probe_source
-from lstm_core.graphs import DECODER_FILE, ENCODER_FILE
+from lstm_core.graphs import DECODER_FILE, ENCODER_FILE, ROWS_FILE, TOPK_FILE
 from lstm_core.model_card import ModelCard
-from lstm_core.tokens import EOS_ID, UNK_ID
-from lstm_core.translation_runtime import COST_PROBE, Seq2SeqRuntime
+from lstm_core.tokens import BOS_ID, EOS_ID, UNK_ID
+from lstm_core.translation_runtime import COST_PROBE, Device, DeviceRows, Seq2SeqRuntime
+from lstm_core.translation_search import output_limit
 from service.pipelines.base import CostProbe, Item, Pipeline, Wire, bytes_column
 from service.pipelines.registry import register_pipeline
 from service.runtime import Runtime
@@ -38,6 +40,9 @@ class TranslateParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     beam_size: int = Field(4, ge=1, le=8, description="beam width (1 = greedy)")
     max_length: int = Field(128, ge=1, le=256, description="most output tokens per translation")
+    length_penalty: float | None = Field(
+        None, ge=0.0, le=2.0, description="GNMT length penalty alpha for beam search (default: the model card's)"
+    )
 
 
 @register_pipeline("translation")
@@ -69,7 +74,8 @@ class TranslationPipeline(Pipeline[TranslateParams]):
         self.alpha = float(card.serving.get("length_penalty_alpha", DEFAULT_ALPHA))
 
     def preprocess(self, texts: Sequence[str], params: TranslateParams) -> list[Item]:
-        key = (params.beam_size, params.max_length, self.alpha)
+        alpha = self.alpha if params.length_penalty is None else params.length_penalty
+        key = (params.beam_size, params.max_length, alpha)
         rows = encode_source(self.source, texts, self.card.max_length)
         return [Item(np.asarray(ids, dtype=np.int64), len(ids), key) for ids in rows]
 
@@ -77,6 +83,12 @@ class TranslationPipeline(Pipeline[TranslateParams]):
         beam, max_length, alpha = items[0].key
         hyps = self.model.search([item.data for item in items], beam, max_length, alpha)
         return self.target.decode_batch(hyps, skip_special_tokens=True)
+
+    def step_decoding(self, max_rows: int, max_positions: int) -> TranslationSteps | None:
+        """Step-level decoding through ``rows.onnx`` and ``topk.onnx``; None for a folder without them."""
+        if not all((self.folder / f).is_file() and f in self.card.files for f in (ROWS_FILE, TOPK_FILE)):
+            return None
+        return TranslationSteps(self, max_rows, max_positions)
 
     def v2_columns(self, results: Sequence[str]) -> dict[str, np.ndarray]:
         return {"translation": bytes_column(results)}
@@ -103,3 +115,49 @@ class TranslationPipeline(Pipeline[TranslateParams]):
             return [Item(ids, length, (self.default_beam, length, self.alpha)) for _ in range(size)]
 
         return CostProbe(batch, COST_PROBE)
+
+
+class TranslationSteps:
+    """Step-level decoding of the translation pipeline: its sessions, on the runtime's device."""
+
+    def __init__(self, pipeline: TranslationPipeline, max_rows: int, max_positions: int) -> None:
+        runtime = pipeline.runtime
+        self.pipeline = pipeline
+        self.max_rows, self.max_positions = max_rows, max_positions
+        self.device = Device(runtime.device, runtime.options.cuda_device_id if runtime.device == "cuda" else 0)
+        self.rows = DeviceRows(
+            pipeline.model.encoder,
+            pipeline.model.decoder,
+            runtime.session(pipeline.folder / ROWS_FILE),
+            runtime.session(pipeline.folder / TOPK_FILE),
+            self.device,
+        )
+
+    def scheduler(self) -> DecodeScheduler:
+        return DecodeScheduler(
+            self.rows, max_rows=self.max_rows, max_positions=self.max_positions, bos=BOS_ID, eos=EOS_ID
+        )
+
+    def sentence(self, item: Item, tag: object = None) -> Sentence:
+        beam, max_length, alpha = item.key
+        return Sentence(item.data, beam, output_limit(max_length, item.length), alpha, tag)
+
+    def outputs(self, sentences: Sequence[Sentence]) -> list[str]:
+        return self.pipeline.target.decode_batch([s.result or [] for s in sentences], skip_special_tokens=True)
+
+    def warmup(self) -> int:
+        """Greedy and default-beam sentences of each warm-up length, joining a running set at different steps."""
+        scheduler = self.scheduler()
+        default_beam = self.pipeline.default_beam
+        count = 0
+        for beam in sorted({1, default_beam}):
+            for n in self.pipeline.warmup_lengths:
+                ids = np.asarray([UNK_ID] * (n - 1) + [EOS_ID], dtype=np.int64)
+                for copies in (1, 4):
+                    for _ in range(copies):
+                        scheduler.add(Sentence(ids, beam, WARMUP_STEPS, self.pipeline.alpha))
+                        count += 1
+                    scheduler.step()
+        while not scheduler.idle:
+            scheduler.step()
+        return count
