@@ -165,6 +165,9 @@ def render_markdown(by_variant: dict[str, dict[str, dict]], args: argparse.Names
         "",
         f"![accuracy by length and gradient reach]({args.name}.png)",
         "",
+        "Where long memory is the whole task (the adding problem, delayed recall, lengths 10-500): "
+        "[longrange.md](longrange.md).",
+        "",
     ]
     return "\n".join(lines)
 
