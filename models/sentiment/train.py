@@ -60,15 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cell", choices=sorted(CELLS), default="lstm")
     p.add_argument("--emb-dim", type=int, default=100)
-    p.add_argument("--hidden", type=int, default=160)
-    p.add_argument("--layers", type=int, default=1)
+    p.add_argument("--hidden", type=int, default=100)
+    p.add_argument("--layers", type=int, default=2)
     p.add_argument("--unidirectional", action="store_true", help="one direction instead of a biLSTM")
     p.add_argument("--dropout", type=float, default=0.5)
     p.add_argument(
-        "--word-dropout", type=float, default=0.0, help="training only: replace a token by [UNK] with this probability"
+        "--word-dropout", type=float, default=0.1, help="training only: replace a token by [UNK] with this probability"
     )
     p.add_argument(
-        "--average-last", type=int, default=1, help="also try the mean of the last K epochs' weights (1 = off)"
+        "--average-last", type=int, default=3, help="also try the mean of the last K epochs' weights (1 = off)"
     )
     p.add_argument("--vocab-size", type=int, default=12_000, help="most frequent words kept, specials included")
     p.add_argument("--min-frequency", type=int, default=2, help="rarer training words become [UNK]")
@@ -76,8 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--clip", type=float, default=5.0, help="gradient norm clip")
-    p.add_argument("--epochs", type=int, default=15, help="at most this many epochs")
-    p.add_argument("--patience", type=int, default=2, help="stop after this many epochs without a better val score")
+    p.add_argument("--epochs", type=int, default=20, help="at most this many epochs")
+    p.add_argument("--patience", type=int, default=3, help="stop after this many epochs without a better val score")
     p.add_argument("--seed", type=int, default=13)
     p.add_argument("--heldout", type=int, default=HELDOUT_SENTENCES, help="validation sentences held out")
     p.add_argument("--split-seed", type=int, default=SPLIT_SEED, help="seed of the validation draw")
