@@ -158,12 +158,14 @@ def findings(by_cell: dict[str, list[dict]]) -> list[str]:
         f"- Gradient from the end reaching 30 tokens back, relative to the last token (trained, median over "
         f"seeds): {ratios}.",
     ]
-    if {"lstm", "rnn"} <= set(by_cell):
-        gaps = [a - b for a, b in zip(accuracies(by_cell["lstm"]), accuracies(by_cell["rnn"]), strict=True)]
-        mean, _ = mean_std(gaps)
-        lines.append(
-            f"- lstm minus rnn, overall, seed by seed: {', '.join(f'{g:+.3f}' for g in gaps)} (mean {mean:+.3f})."
-        )
+    for other in ("rnn", "gru"):
+        if {"lstm", other} <= set(by_cell):
+            gaps = [a - b for a, b in zip(accuracies(by_cell["lstm"]), accuracies(by_cell[other]), strict=True)]
+            mean, _ = mean_std(gaps)
+            lines.append(
+                f"- lstm minus {other}, overall, seed by seed: {', '.join(f'{g:+.3f}' for g in gaps)} "
+                f"(mean {mean:+.3f})."
+            )
     return lines
 
 
