@@ -29,7 +29,9 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# Reproduce the shipped models from the repo's own data (CPU; see docs/ for times).
+# Reproduce the shipped models from the repo's own data (CPU; see docs/ for times): sentiment about
+# 7 min on 1 thread (identical weights), translation about 80 min. Every train command resumes from its
+# run folder's last.pt when re-run, so an interrupted `make models` continues where it stopped.
 models: $(VENV)/.installed
 	$(BIN)/lstm-serve train sentiment --out runs/sentiment
 	$(BIN)/lstm-serve export sentiment runs/sentiment --version 1 --overwrite

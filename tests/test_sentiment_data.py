@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from models.datasets import CHECKSUMS, DataChecksumError, data_dir
-from models.sentiment.data import SPLIT_FILES, dataset_info, load_split, occurs_in
+from models.sentiment.data import SPLIT_FILES, dataset_info, load_split, occurs_in, root_items, sentence_split, spans
 
 
 @pytest.mark.parametrize(("name", "count"), [("train", 60_614), ("dev", 6_735)])
@@ -52,3 +52,31 @@ def test_occurs_in_matches_whole_words_only() -> None:
     corpus = ["it 's a charming and often affecting journey .", "kids , spirit"]
     texts = ["charming and often", "charm", "kids , spirit", "spirit kids", "journey ."]
     assert occurs_in(texts, corpus) == [True, False, True, False, True]
+
+
+def test_sentence_split_has_no_leakage() -> None:
+    """No training item is a piece (whole words) of a validation sentence, nor the sentence itself."""
+    train, val = sentence_split()
+    assert len(val) == 1_000 and len(set(val.texts)) == 1_000
+    assert not any(occurs_in(train.texts, val.texts))
+    # whole sentences: no validation sentence sits inside another item of the data
+    everything = load_split("train").texts + load_split("dev").texts
+    inside_other = occurs_in(val.texts, [t for t in everything if t not in set(val.texts)])
+    assert not any(inside_other)
+    # training keeps everything else, phrases included
+    assert 50_000 < len(train) < 67_349 - 1_000
+    assert min(len(t.split()) for t in train.texts) == 1
+    assert 0.4 < sum(val.labels) / len(val) < 0.65
+
+
+def test_sentence_split_is_deterministic() -> None:
+    first_train, first_val = sentence_split()
+    again_train, again_val = sentence_split()
+    assert first_val == again_val and first_train == again_train
+    assert sentence_split(seed=7)[1].texts != first_val.texts
+
+
+def test_roots_are_items_inside_no_other_item() -> None:
+    items = ["a b c d", "b c", "c", "x y", "b c d", "z"]
+    assert root_items(items) == ["a b c d", "x y", "z"]
+    assert spans("a b c") == ["a", "a b", "a b c", "b", "b c", "c"]

@@ -20,7 +20,7 @@ from lstm_core.model_card import ModelCard
 from lstm_core.padding import pad_batch
 from lstm_core.tokens import UNK_ID
 from models.datasets import CHECKSUMS
-from models.sentiment.data import load_split, occurs_in
+from models.sentiment.data import sentence_split
 
 FOLDER = Path(__file__).resolve().parents[1] / "model_repository" / "sentiment" / "1"
 
@@ -56,7 +56,8 @@ def test_card_matches_files_and_contract(card: ModelCard) -> None:
         ("probabilities", "FP32", [-1, 2]),
     ]
     assert card.dataset.sha256 == {k: v for k, v in CHECKSUMS.items() if k.startswith("sst2/")}
-    assert card.dataset.splits == {"train": 60_614, "dev": 6_735}
+    assert card.dataset.splits == {"train": 56_300, "val": 1_000}
+    assert "1000 whole sentences" in card.dataset.version and "seed 2024" in card.dataset.version
     assert card.parity["max_abs_diff"] <= 1e-4 and card.parity["padding_max_abs_diff"] <= 1e-5
     folder_bytes = sum(p.stat().st_size for p in FOLDER.iterdir())
     assert folder_bytes <= 12 * 1024 * 1024  # fp32 6.2 MB + int8 1.6 MB + fp16 3.1 MB + tokenizer
@@ -75,24 +76,29 @@ def test_graph_matches_card(card: ModelCard, session: ort.InferenceSession) -> N
 
 
 def test_card_accuracy_is_what_the_files_give(card: ModelCard, session, tokenizer) -> None:
-    """Recompute the stated validation accuracy (and its length buckets) from the shipped files alone."""
-    dev = load_split("dev")
-    ids = encode_words(tokenizer, dev.texts, card.max_length)
+    """Recompute the stated validation accuracy (and its length buckets) from the shipped files alone.
+
+    Validation is the 1,000 held-out whole sentences of ``sentence_split``, none of whose pieces the
+    model was trained on.
+    """
+    val = sentence_split()[1]
+    ids = encode_words(tokenizer, val.texts, card.max_length)
     order = np.argsort([len(s) for s in ids])
     predicted = np.empty(len(ids), dtype=np.int64)
     for start in range(0, len(order), 512):
         batch = order[start : start + 512]
         predicted[batch] = probabilities(session, [ids[i] for i in batch]).argmax(axis=1)
-    accuracy = float((predicted == np.asarray(dev.labels)).mean())
-    assert accuracy == pytest.approx(card.metrics["validation_accuracy"], abs=2 / len(ids))
-    assert card.metrics["validation_n"] == len(ids)
-    buckets = card.metrics["validation_by_length"]
-    assert sum(b["n"] for b in buckets.values()) == len(ids)
-
-    unseen = ~np.asarray(occurs_in(dev.texts, load_split("train").texts))
-    assert card.metrics["validation_unseen_n"] == int(unseen.sum())
-    unseen_accuracy = float((predicted[unseen] == np.asarray(dev.labels)[unseen]).mean())
-    assert unseen_accuracy == pytest.approx(card.metrics["validation_unseen_accuracy"], abs=2 / int(unseen.sum()))
+    correct = predicted == np.asarray(val.labels)
+    assert float(correct.mean()) == pytest.approx(card.metrics["validation_accuracy"], abs=2 / len(ids))
+    assert card.metrics["validation_n"] == len(ids) == 1_000
+    assert "held out with all their phrases" in card.metrics["validation_split"]
+    lengths = np.asarray([len(s) for s in ids])
+    for name, bucket in card.metrics["validation_by_length"].items():
+        low, _, high = name.rstrip("+").partition("-")
+        inside = (lengths >= int(low)) & (lengths <= (int(high) if high else 10_000))
+        assert bucket["n"] == int(inside.sum()), name
+        if bucket["n"]:
+            assert bucket["accuracy"] == pytest.approx(float(correct[inside].mean()), abs=2 / bucket["n"]), name
 
 
 def test_padding_does_not_change_answers(session, tokenizer, card: ModelCard) -> None:

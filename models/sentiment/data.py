@@ -1,8 +1,17 @@
 """SST-2 (GLUE) from the repo's ``data/sst2/`` copy, checked by sha256 before a single line is read.
 
-``train.tsv.gz`` (60,614) is what the model and tokenizer learn from; ``dev.tsv.gz`` (6,735) is the
-held-out split for early stopping, model selection and the reported "validation accuracy". Both are
-parts of GLUE's SST-2 *training* set (sentences and their sub-phrases), not GLUE's 872-sentence dev set.
+The two files, ``train.tsv.gz`` (60,614) and ``dev.tsv.gz`` (6,735), are together GLUE's SST-2
+*training* set: about 6,900 sentences *and every sub-phrase of them*, split item by item. That file
+split leaks (most ``dev`` items sit inside ``train`` sentences), so training does not use it.
+``sentence_split`` pools both files and holds out whole sentences instead:
+
+- a *root* is an item that occurs (as whole words) inside no other item: a full sentence;
+- ``heldout`` (default 1,000) roots are drawn with a fixed seed: the validation split;
+- every item that occurs inside a held-out sentence (its phrases, its words, the sentence itself) is
+  removed from training; everything else, phrases included, is the training split.
+
+So no training item is a piece of a validation sentence, and validation measures what users send:
+whole sentences the model has never seen in any form.
 """
 
 from __future__ import annotations
@@ -10,12 +19,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from models.datasets import CHECKSUMS, read_lines
 
 DATASET_NAME = "SST-2"
 DATASET_VERSION = "GLUE SST-2 train set, split into train (60,614) and dev (6,735)"
 SPLIT_FILES = {"train": "sst2/train.tsv.gz", "dev": "sst2/dev.tsv.gz"}
 HEADER = "sentence\tlabel"
+HELDOUT_SENTENCES = 1_000
+SPLIT_SEED = 2024
+SENTENCE_SPLIT_VERSION = (
+    "GLUE SST-2 train set (sst2/train.tsv.gz + sst2/dev.tsv.gz, 67,349 sentences and phrases); validation: "
+    "{heldout} whole sentences (items inside no other item) drawn with seed {seed}; training: every item "
+    "that is not inside a validation sentence"
+)
 
 
 @dataclass(frozen=True)
@@ -52,11 +70,61 @@ def load_split(name: str, root: Path | None = None) -> Split:
     return Split(name, texts, labels)
 
 
-def dataset_info(splits: dict[str, int]) -> dict:
+def spans(text: str) -> list[str]:
+    """Every contiguous run of whole words of ``text`` (the text itself included)."""
+    words = text.split(" ")
+    starts, ends, position = [], [], 0
+    for word in words:
+        starts.append(position)
+        position += len(word)
+        ends.append(position)
+        position += 1
+    return [text[starts[i] : ends[j]] for i in range(len(words)) for j in range(i, len(words))]
+
+
+def root_items(texts: list[str]) -> list[str]:
+    """The distinct items that occur (as whole words) inside no other item, sorted: SST-2's sentences.
+
+    Every proper sub-span of every item is looked up among the items (5.4 M look-ups, about 2 s).
+    """
+    items = set(texts)
+    contained: set[str] = set()
+    for text in items:
+        contained.update(span for span in spans(text) if span != text and span in items)
+    return sorted(items - contained)
+
+
+def sentence_split(
+    heldout: int = HELDOUT_SENTENCES, seed: int = SPLIT_SEED, root: Path | None = None
+) -> tuple[Split, Split]:
+    """(train, val): ``heldout`` whole sentences for validation, and every item not inside one of them.
+
+    Deterministic: the pool is both files in file order, the candidates are the sorted roots, and the
+    draw uses ``numpy.random.default_rng(seed)``. Validation is in the draw's order; training keeps file
+    order. A sentence listed twice keeps its first label.
+    """
+    files = [load_split(name, root) for name in ("train", "dev")]
+    texts = [t for split in files for t in split.texts]
+    labels = [y for split in files for y in split.labels]
+    first_label: dict[str, int] = {}
+    for text, label in zip(texts, labels, strict=True):
+        first_label.setdefault(text, label)
+    roots = root_items(texts)
+    if not 0 < heldout < len(roots):
+        raise ValueError(f"heldout must be between 1 and {len(roots) - 1} (there are {len(roots)} sentences)")
+    picked = [roots[i] for i in np.random.default_rng(seed).choice(len(roots), size=heldout, replace=False)]
+    inside_heldout = {span for sentence in picked for span in spans(sentence)}
+    kept = [i for i, text in enumerate(texts) if text not in inside_heldout]
+    train = Split("train", [texts[i] for i in kept], [labels[i] for i in kept])
+    val = Split("val", picked, [first_label[text] for text in picked])
+    return train, val
+
+
+def dataset_info(splits: dict[str, int], version: str = DATASET_VERSION) -> dict:
     """Name, version, split sizes and the sha256 of each file, as the model card records them."""
     return {
         "name": DATASET_NAME,
-        "version": DATASET_VERSION,
+        "version": version,
         "splits": splits,
         "sha256": {relative: CHECKSUMS[relative] for relative in SPLIT_FILES.values()},
     }

@@ -35,11 +35,12 @@ def predict_probabilities(
 ) -> np.ndarray:
     """Softmax probabilities ``[n, labels]`` in input order."""
     model.eval()
+    device = next(model.parameters()).device
     out = np.zeros((len(ids), model.config.num_labels), dtype=np.float32)
     for batch in length_sorted_batches([len(s) for s in ids], batch_size):
-        input_ids, lengths = pad_batch([ids[i] for i in batch])
-        logits = model(torch.from_numpy(input_ids), torch.from_numpy(lengths))
-        out[batch] = torch.softmax(logits, dim=-1).numpy()
+        input_ids, lengths = (torch.from_numpy(a).to(device) for a in pad_batch([ids[i] for i in batch]))
+        logits = model(input_ids, lengths)
+        out[batch] = torch.softmax(logits, dim=-1).cpu().numpy()
     return out
 
 

@@ -52,13 +52,14 @@ def make_batch(src_ids: list[list[int]], tgt_ids: list[list[int]]) -> Batch:
     )
 
 
-def bucketed_batches(
+def batch_indices(
     src_ids: list[list[int]], tgt_ids: list[list[int]], batch_tokens: int, rng: random.Random
-) -> Iterator[Batch]:
-    """Batches of similar-length pairs, shuffled as whole batches.
+) -> list[list[int]]:
+    """Index lists of similar-length pairs, shuffled as whole batches.
 
     Sorting by length (with random tie-breaking) cuts padding, which on a CPU is wasted compute; a
-    token budget rather than a fixed count keeps every batch's cost about equal.
+    token budget rather than a fixed count keeps every batch's cost about equal. Plain lists, so a
+    resumable run can store an epoch's order in its checkpoint.
     """
     order = sorted(range(len(src_ids)), key=lambda i: (len(src_ids[i]), len(tgt_ids[i]), rng.random()))
     batches, current, longest = [], [], 0
@@ -72,5 +73,12 @@ def bucketed_batches(
     if current:
         batches.append(current)
     rng.shuffle(batches)
-    for idx in batches:
+    return batches
+
+
+def bucketed_batches(
+    src_ids: list[list[int]], tgt_ids: list[list[int]], batch_tokens: int, rng: random.Random
+) -> Iterator[Batch]:
+    """The batches of ``batch_indices``, built."""
+    for idx in batch_indices(src_ids, tgt_ids, batch_tokens, rng):
         yield make_batch([src_ids[i] for i in idx], [tgt_ids[i] for i in idx])

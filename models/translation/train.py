@@ -3,6 +3,11 @@
 Writes a run folder: tokenizers, the best checkpoint (by greedy val BLEU), ``curves.png`` and
 ``report.{json,md}`` with BLEU greedy and beam on test_2016_flickr. Defaults are sized for a
 1-2 core CPU; ``--limit``/``--epochs``/size knobs make a tiny CI run take seconds.
+
+Resumable: ``last.pt`` holds the weights, optimizer (with its learning rate), every random generator,
+the epoch's batch order and position, the history and the best-so-far, saved every
+``--checkpoint-every-min`` minutes and after every epoch; re-running the same command continues.
+``--average-last K`` keeps the last K epochs' weights (``epoch-N.pt``) and, at the end, tries their mean.
 """
 
 from __future__ import annotations
@@ -20,10 +25,22 @@ from torch import nn
 from tqdm import tqdm
 
 from lstm_core.encoding import encode_source
-from lstm_core.tokens import PAD_ID
+from lstm_core.tokens import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from models.common.resume import (
+    STATE,
+    Interrupted,
+    Stopper,
+    average_states,
+    check_same_recipe,
+    load_state,
+    recipe_of,
+    restore_rng_states,
+    rng_states,
+    save_state,
+)
 from models.common.runs import git_commit, plot_curves, set_seed, write_report
 
-from .data import bucketed_batches, load_pairs
+from .data import batch_indices, bucketed_batches, load_pairs, make_batch
 from .decode import bleu, translate
 from .model import CELLS, ModelConfig, Seq2Seq
 from .subwords import train_tokenizer
@@ -56,6 +73,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--anneal-from-epoch", type=int, default=None, help="decay lr after every epoch from this one on (fixed recipe)"
     )
     p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--word-dropout", type=float, default=0.0, help="training: source/target input tokens -> [UNK]")
+    p.add_argument("--average-last", type=int, default=1, help="at the end, try the mean of the last K epochs")
+    p.add_argument("--checkpoint-every-min", type=float, default=5.0, help="save last.pt at least this often")
+    p.add_argument("--stop-after-steps", type=int, default=None, help="end this sitting after N steps (resume later)")
+    p.add_argument("--time-limit-min", type=float, default=None, help="end this sitting after N minutes")
     p.add_argument("--clip", type=float, default=1.0)
     p.add_argument("--max-src-tokens", type=int, default=128)
     p.add_argument("--max-length", type=int, default=128, help="decoding limit (target tokens)")
@@ -75,6 +97,29 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def save_best(
+    run_dir: Path,
+    cfg: ModelConfig,
+    weights: dict,
+    epoch: int,
+    val_bleu: float,
+    args: argparse.Namespace,
+    averaged_epochs: int = 1,
+) -> None:
+    """``best.pt``: what export and evaluation load (weights, config, epoch, val BLEU, options)."""
+    torch.save(
+        {
+            "config": cfg.to_dict(),
+            "state_dict": weights,
+            "epoch": epoch,
+            "val_bleu": val_bleu,
+            "averaged_epochs": averaged_epochs,
+            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        },
+        run_dir / CHECKPOINT,
+    )
+
+
 def load_checkpoint(run_dir: Path) -> tuple[Seq2Seq, dict]:
     """The best model of a run (eval mode) and its checkpoint metadata."""
     ckpt = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=False)
@@ -83,24 +128,27 @@ def load_checkpoint(run_dir: Path) -> tuple[Seq2Seq, dict]:
     return model.eval(), ckpt
 
 
-def run_epoch(
-    model: Seq2Seq, batches: list, loss_fn: nn.Module, optimizer, clip: float, desc: str, progress: bool = True
-) -> float:
-    """One pass of teacher-forced training; returns the mean per-token loss."""
+def word_dropout(ids: torch.Tensor, rate: float) -> torch.Tensor:
+    """Replace real tokens (not PAD/BOS/EOS) by ``[UNK]`` with probability ``rate``."""
+    if rate <= 0:
+        return ids
+    real = (ids != PAD_ID) & (ids != BOS_ID) & (ids != EOS_ID)
+    return ids.masked_fill(real & (torch.rand(ids.shape) < rate), UNK_ID)
+
+
+def train_step(model: Seq2Seq, batch, loss_fn: nn.Module, optimizer, args: argparse.Namespace) -> tuple[float, int]:
+    """One teacher-forced update; returns (summed loss, target tokens)."""
     model.train()
-    total, tokens = 0.0, 0
-    bar = tqdm(batches, desc=desc, unit="batch", mininterval=10, dynamic_ncols=True, disable=not progress)
-    for batch in bar:
-        logits = model(batch.src, batch.src_lengths, batch.tgt_in)
-        loss = loss_fn(logits.reshape(-1, logits.size(-1)), batch.tgt_out.reshape(-1))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), clip)
-        optimizer.step()
-        n = int((batch.tgt_out != PAD_ID).sum())
-        total, tokens = total + loss.item() * n, tokens + n
-        bar.set_postfix(loss=f"{total / tokens:.3f}", refresh=False)
-    return total / max(tokens, 1)
+    src = word_dropout(batch.src, args.word_dropout)
+    tgt_in = word_dropout(batch.tgt_in, args.word_dropout)
+    logits = model(src, batch.src_lengths, tgt_in)
+    loss = loss_fn(logits.reshape(-1, logits.size(-1)), batch.tgt_out.reshape(-1))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+    optimizer.step()
+    n = int((batch.tgt_out != PAD_ID).sum())
+    return loss.item() * n, n
 
 
 @torch.inference_mode()
@@ -117,19 +165,28 @@ def eval_loss(model: Seq2Seq, batches: list, loss_fn: nn.Module) -> float:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        return train(args)
+    except Interrupted as stop:
+        print(f"{stop} (state in {args.out / STATE})", flush=True)
+        return 3
+
+
+def train(args: argparse.Namespace) -> int:
+    """Train into ``args.out``, continuing from its ``last.pt`` if there; raises ``Interrupted`` when stopped early."""
     torch.set_num_threads(args.threads)
     set_seed(args.seed)
     rng = random.Random(args.seed)
     run_dir: Path = args.out
     run_dir.mkdir(parents=True, exist_ok=True)
-    started = time.time()
 
     train_src, train_tgt = load_pairs("train", args.limit)
     val_src, val_tgt = load_pairs("val", args.eval_limit)
     test_src, test_tgt = load_pairs("test_2016_flickr", args.eval_limit)
-    if args.init_from:
-        src_tok = Tokenizer.from_file(str(args.init_from / SRC_TOKENIZER))
-        tgt_tok = Tokenizer.from_file(str(args.init_from / TGT_TOKENIZER))
+    tokenizers_from = run_dir if (run_dir / STATE).is_file() else args.init_from  # a resumed run keeps its own
+    if tokenizers_from:
+        src_tok = Tokenizer.from_file(str(tokenizers_from / SRC_TOKENIZER))
+        tgt_tok = Tokenizer.from_file(str(tokenizers_from / TGT_TOKENIZER))
     else:
         src_tok = train_tokenizer(train_src, args.src_vocab, append_eos=True)
         tgt_tok = train_tokenizer(train_tgt, args.tgt_vocab, append_eos=False)
@@ -168,18 +225,82 @@ def main(argv: Sequence[str] | None = None) -> int:
     loss_fn = nn.CrossEntropyLoss(ignore_index=PAD_ID, label_smoothing=args.label_smoothing)
     plain_loss = nn.CrossEntropyLoss(ignore_index=PAD_ID)
 
-    history: list[dict[str, float]] = []
-    best_bleu, best_epoch, stale = -1.0, 0, 0
-    for epoch in range(1, args.epochs + 1):
-        epoch_start = time.time()
-        batches = list(bucketed_batches(train_src_ids, train_tgt_ids, args.batch_tokens, rng))
-        train_loss = run_epoch(
-            model, batches, loss_fn, optimizer, args.clip, f"epoch {epoch}/{args.epochs}", not args.no_progress
+    state: dict = {
+        "recipe": recipe_of(args),
+        "epoch": 0,  # epochs completed
+        "batches": None,  # this epoch's batch order (index lists) while inside an epoch
+        "position": 0,
+        "sums": (0.0, 0),  # loss, tokens so far in this epoch
+        "history": [],
+        "best_bleu": -1.0,
+        "best_epoch": 0,
+        "stale": 0,
+        "epoch_seconds": 0.0,
+        "seconds": 0.0,  # training time over all sittings
+        "finished": False,
+    }
+    saved = load_state(run_dir)
+    if saved is not None:
+        check_same_recipe(saved["state"]["recipe"], args, run_dir)
+        state = saved["state"]
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        rng.setstate(saved["batch_rng"])
+        restore_rng_states(saved["rng"])
+        print(f"resuming {run_dir}: epoch {state['epoch'] + 1}, batch {state['position']}", flush=True)
+    stopper = Stopper(args.checkpoint_every_min, args.stop_after_steps, args.time_limit_min)
+    sitting_started, base_seconds = time.time(), state["seconds"]
+
+    def checkpoint() -> None:
+        state["seconds"] = base_seconds + time.time() - sitting_started
+        save_state(
+            run_dir,
+            {
+                "state": state,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "batch_rng": rng.getstate(),
+                "rng": rng_states(),
+            },
         )
+        stopper.saved()
+
+    while not state["finished"] and state["epoch"] < args.epochs:
+        epoch = state["epoch"] + 1
+        if state["batches"] is None:
+            state["batches"] = batch_indices(train_src_ids, train_tgt_ids, args.batch_tokens, rng)
+            state["position"], state["sums"], state["epoch_seconds"] = 0, (0.0, 0), 0.0
+        epoch_sitting_start, epoch_base = time.time(), state["epoch_seconds"]
+        total, tokens = state["sums"]
+        batches = state["batches"]
+        bar = tqdm(
+            range(state["position"], len(batches)),
+            desc=f"epoch {epoch}/{args.epochs}",
+            unit="batch",
+            mininterval=10,
+            dynamic_ncols=True,
+            disable=args.no_progress,
+        )
+        for k in bar:
+            idx = batches[k]
+            batch = make_batch([train_src_ids[i] for i in idx], [train_tgt_ids[i] for i in idx])
+            loss_sum, n = train_step(model, batch, loss_fn, optimizer, args)
+            total, tokens = total + loss_sum, tokens + n
+            bar.set_postfix(loss=f"{total / tokens:.3f}", refresh=False)
+            state["position"], state["sums"] = k + 1, (total, tokens)
+            state["epoch_seconds"] = epoch_base + time.time() - epoch_sitting_start
+            stopper.step()
+            if stopper.should_stop():
+                checkpoint()
+                raise Interrupted(f"stopped after {stopper.steps} steps in epoch {epoch}; re-run to continue")
+            if stopper.checkpoint_due():
+                checkpoint()
+        train_loss = total / max(tokens, 1)
         val_loss = eval_loss(model, val_batches, plain_loss)
         val_bleu = bleu(translate(model, src_tok, tgt_tok, val_src, max_length=args.max_length), val_tgt)
         lr = optimizer.param_groups[0]["lr"]
-        history.append(
+        epoch_seconds = epoch_base + time.time() - epoch_sitting_start
+        state["history"].append(
             {
                 "epoch": epoch,
                 "train_loss": train_loss,
@@ -187,45 +308,53 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "val_ppl": math.exp(val_loss),
                 "val_bleu": val_bleu,
                 "lr": lr,
-                "epoch_seconds": time.time() - epoch_start,
+                "epoch_seconds": epoch_seconds,
             }
         )
         print(
             f"epoch {epoch}: train_loss {train_loss:.3f} val_loss {val_loss:.3f} val_bleu {val_bleu:.2f} "
-            f"lr {lr:.2e} ({time.time() - epoch_start:.0f}s)",
+            f"lr {lr:.2e} ({epoch_seconds:.0f}s)",
             flush=True,
         )
-        plot_curves(history, run_dir / "curves.png", f"translation en→de ({args.cell})")
-        if val_bleu > best_bleu:
-            best_bleu, best_epoch, stale = val_bleu, epoch, 0
-            torch.save(
-                {
-                    "config": cfg.to_dict(),
-                    "state_dict": model.state_dict(),
-                    "epoch": epoch,
-                    "val_bleu": val_bleu,
-                    "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                },
-                run_dir / CHECKPOINT,
-            )
+        plot_curves(state["history"], run_dir / "curves.png", f"translation en→de ({args.cell})")
+        if args.average_last > 1:
+            torch.save(model.state_dict(), run_dir / f"epoch-{epoch}.pt")
+            old = run_dir / f"epoch-{epoch - args.average_last}.pt"
+            old.unlink(missing_ok=True)
+        if val_bleu > state["best_bleu"]:
+            state["best_bleu"], state["best_epoch"], state["stale"] = val_bleu, epoch, 0
+            save_best(run_dir, cfg, model.state_dict(), epoch, val_bleu, args)
         else:
-            stale += 1
+            state["stale"] += 1
             for group in optimizer.param_groups:
                 group["lr"] *= args.lr_decay
-            if stale >= args.patience:
-                print(f"no improvement for {stale} epochs: stopping", flush=True)
-                break
-        elapsed_min = (time.time() - started) / 60
+            if state["stale"] >= args.patience:
+                print(f"no improvement for {state['stale']} epochs: stopping", flush=True)
+                state["finished"] = True
+        elapsed_min = (base_seconds + time.time() - sitting_started) / 60
         budget_anneal = args.time_budget_min is not None and elapsed_min > args.anneal_from * args.time_budget_min
         epoch_anneal = args.anneal_from_epoch is not None and epoch >= args.anneal_from_epoch
-        if stale == 0 and (budget_anneal or epoch_anneal):
+        if state["stale"] == 0 and (budget_anneal or epoch_anneal):
             # The run ends by budget or recipe, not by plateau: anneal over its last part so the final epochs refine.
             for group in optimizer.param_groups:
                 group["lr"] *= args.lr_decay
         if args.time_budget_min is not None and elapsed_min * (epoch + 1) / epoch > args.time_budget_min:
             print(f"time budget: {elapsed_min:.1f} min used, next epoch would pass {args.time_budget_min}", flush=True)
-            break
-    train_seconds = time.time() - started
+            state["finished"] = True
+        state["epoch"], state["batches"], state["position"] = epoch, None, 0
+        checkpoint()
+    history, best_bleu, best_epoch = state["history"], state["best_bleu"], state["best_epoch"]
+    averaged_bleu = None
+    recent = [run_dir / f"epoch-{e}.pt" for e in range(len(history) - args.average_last + 1, len(history) + 1)]
+    if args.average_last > 1 and len(history) >= args.average_last and all(f.is_file() for f in recent):
+        averaged = average_states([torch.load(f, map_location="cpu", weights_only=True) for f in recent])
+        model.load_state_dict(averaged)
+        averaged_bleu = bleu(translate(model, src_tok, tgt_tok, val_src, max_length=args.max_length), val_tgt)
+        print(f"mean of the last {args.average_last} epochs: val_bleu {averaged_bleu:.2f}", flush=True)
+        if averaged_bleu > best_bleu:
+            best_bleu, best_epoch = averaged_bleu, len(history)
+            save_best(run_dir, cfg, averaged, len(history), averaged_bleu, args, averaged_epochs=args.average_last)
+    train_seconds = state["seconds"]
 
     model, _ = load_checkpoint(run_dir)
     test_greedy = bleu(translate(model, src_tok, tgt_tok, test_src, max_length=args.max_length), test_tgt)
@@ -246,6 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "val_bleu_greedy": best_bleu,
             "test_2016_flickr_bleu_greedy": test_greedy,
             f"test_2016_flickr_bleu_beam{args.beam_size}": test_beam,
+            "val_bleu_greedy_averaged": averaged_bleu,
             "beam_size": args.beam_size,
             "length_penalty_alpha": args.alpha,
         },
