@@ -17,9 +17,10 @@ from typing import Any
 from pydantic import BaseModel
 
 from service.batching import Job
-from service.errors import ClientGone, DeadlineExceeded, InvalidInput, QueueFull, ShuttingDown
+from service.errors import ClientGone, CostTooHigh, DeadlineExceeded, InvalidInput, OverBudget, QueueFull, ShuttingDown
 from service.metrics import Metrics
 from service.registry import ServedModel, ServedModels
+from service.security import TokenBuckets
 from service.settings import Settings
 
 
@@ -48,6 +49,31 @@ class DataPlane:
         self.registry = registry
         self.settings = settings
         self.metrics = metrics
+        rate = settings.cost_per_s_per_client
+        # The bucket holds at least one largest request, so any admissible request can eventually run.
+        self.budgets = TokenBuckets(rate, max(settings.max_request_cost, round(rate))) if rate > 0 else None
+
+    def admit(self, model: ServedModel, n_texts: int, params: BaseModel, client: str | None) -> None:
+        """Admission by cost: one request over ``max_request_cost`` gets 413, a client over its budget 429.
+
+        Requests differ in cost by orders of magnitude (one short sentence vs 64 texts at beam 8 and 256
+        steps), so counting requests cannot protect the device; the unit is the task's own
+        (``Pipeline.request_cost``).
+        """
+        cost = model.pipeline.request_cost(n_texts, params)
+        limit = self.settings.max_request_cost
+        if cost > limit:
+            self.metrics.rejected_total.labels(*model.labels, "too_costly").inc()
+            raise CostTooHigh(
+                f"request cost {cost} is over the per-request budget of {limit} "
+                f"({type(model.pipeline).request_cost.__doc__.splitlines()[0].rstrip('.')}); send fewer texts "
+                "or a smaller search"
+            )
+        if self.budgets is not None and client is not None:
+            wait = self.budgets.take(client, amount=cost)
+            if wait > 0:
+                self.metrics.rejected_total.labels(*model.labels, "over_budget").inc()
+                raise OverBudget(f"cost budget of this client spent: retry in {wait:.1f}s", wait)
 
     def validate_texts(self, texts: Sequence[str], name: TextsName = NATIVE_TEXTS) -> None:
         """The per-request limits of the settings (count and characters), named as the client's protocol names them."""
@@ -71,6 +97,7 @@ class DataPlane:
         disconnected: Awaitable[Any] | None = None,
         started: float | None = None,
         name: TextsName = NATIVE_TEXTS,
+        client: str | None = None,
     ) -> Inference:
         """Validate, tokenise, batch, run, post-process: one request's texts → one result per text.
 
@@ -82,6 +109,7 @@ class DataPlane:
         started = time.monotonic() if started is None else started
         deadline = started + self.settings.request_timeout_s
         self.validate_texts(texts, name)
+        self.admit(model, len(texts), params, client)
         if self.registry.stopping:
             raise ShuttingDown("the server is shutting down")
         inflight = self.metrics.inflight_requests.labels(*model.labels)

@@ -10,6 +10,7 @@ or not ready, 504 when a deadline passed, 500 only for real bugs.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
@@ -54,6 +55,22 @@ class QueueFull(ServiceError):
 class ShuttingDown(ServiceError):
     status_code = 503
     headers: ClassVar[dict[str, str] | None] = {"Retry-After": "1", "Connection": "close"}
+
+
+class CostTooHigh(ServiceError):
+    """One request asks for more work than ``max_request_cost`` allows (say why, and what the unit is)."""
+
+    status_code = 413
+
+
+class OverBudget(ServiceError):
+    """A client spent its cost budget (``cost_per_s_per_client``): come back when it has refilled."""
+
+    status_code = 429
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(max(1, math.ceil(retry_after_s)))}  # type: ignore[misc]
 
 
 class DeadlineExceeded(ServiceError):
@@ -105,5 +122,6 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return error_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
     # Anything else is a bug: service.middleware.RequestContextMiddleware logs it once with its request id
     # and answers 500 with that id (never the exception's name or text).

@@ -107,20 +107,29 @@ class TokenBuckets:
         self.max_clients = max_clients
         self.buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # client -> (tokens, at)
 
-    def take(self, client: str, now: float | None = None) -> float:
-        """Take one token: 0.0 when granted, else the seconds until one is available."""
+    def take(self, client: str, now: float | None = None, amount: float = 1.0) -> float:
+        """Take ``amount`` tokens (one request, or its cost): 0.0 when granted, else the seconds until they are."""
         now = time.monotonic() if now is None else now
         tokens, at = self.buckets.pop(client, (self.burst, now))
         tokens = min(self.burst, tokens + (now - at) * self.rate)
         wait = 0.0
-        if tokens >= 1.0:
-            tokens -= 1.0
+        if tokens >= amount:
+            tokens -= amount
         else:
-            wait = (1.0 - tokens) / self.rate
+            wait = (amount - tokens) / self.rate
         self.buckets[client] = (tokens, now)
         if len(self.buckets) > self.max_clients:
             self.buckets.popitem(last=False)
         return wait
+
+
+def client_of(scope: Scope) -> str:
+    """Who is calling: its API key id when keys are on, else its address (the proxy's, unless trusted)."""
+    client = scope.get(CLIENT_KEY)
+    if client is None:
+        address = scope.get("client")
+        client = f"addr:{address[0] if address else 'unknown'}"
+    return client
 
 
 class RateLimitMiddleware:
@@ -135,11 +144,7 @@ class RateLimitMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in PROBES or scope["path"] == METRICS:
             return await self.app(scope, receive, send)
-        client = scope.get(CLIENT_KEY)
-        if client is None:
-            address = scope.get("client")
-            client = f"addr:{address[0] if address else 'unknown'}"
-        wait = self.buckets.take(client)
+        wait = self.buckets.take(client_of(scope))
         if wait > 0:
             retry = str(max(1, math.ceil(wait)))
             response = error_response(429, f"rate limit exceeded: retry in {retry}s", {"Retry-After": retry})

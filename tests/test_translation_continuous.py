@@ -103,7 +103,7 @@ def test_length_penalty_is_a_request_parameter(live_server: ServerHandle) -> Non
 
 
 def test_a_client_that_disconnects_frees_its_rows_at_the_next_step(start_server) -> None:
-    server = start_server(decode_max_rows=64, precision="fp32")
+    server = start_server(decode_max_rows=64, precision="fp32", max_request_cost=65536)  # 32 × 8 × 256
     items_before = metric(server, "lstm_serve_items_total", model="translation")
     body = json.dumps({"texts": [LONG] * 32, "beam_size": 8, "max_length": 256}).encode()  # 256 rows queued
     host, port = server.url.removeprefix("http://").split(":")

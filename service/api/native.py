@@ -21,6 +21,7 @@ from service.api.common import dataplane, disconnected, registry
 from service.api.openapi import errors, json_body
 from service.errors import UnsupportedMediaType
 from service.pipelines.base import Pipeline
+from service.security import client_of
 from service.settings import Settings
 
 PREFIX = "/v1"
@@ -91,7 +92,12 @@ def _task_endpoint(
         body = await parse_body(request, body_model)
         model = registry(request).for_task(task)
         out = await dataplane(request).infer(
-            model, body.texts, body, disconnected=disconnected(request), started=started
+            model,
+            body.texts,
+            body,
+            disconnected=disconnected(request),
+            started=started,
+            client=client_of(request.scope),
         )
         # The results are plain JSON values already shaped like the response model; skip re-validating them.
         return JSONResponse({"model": model.name, "version": model.version, field: out.results})

@@ -24,6 +24,7 @@ from service.api.openapi import errors, json_body
 from service.dataplane import TextsName
 from service.errors import InvalidInput
 from service.registry import ServedModel
+from service.security import client_of
 from service.v2.codec import (
     BINARY_CONTENT_TYPE,
     BINARY_HEADER,
@@ -106,7 +107,13 @@ async def infer(request: Request, model_name: str, model_version: str | None = N
     name = TextsName(f"input '{wire.text_input}'", f"input '{wire.text_input}' element {{i}}")
     try:
         result = await dataplane(request).infer(
-            model, texts, params, disconnected=disconnected(request), started=started, name=name
+            model,
+            texts,
+            params,
+            disconnected=disconnected(request),
+            started=started,
+            name=name,
+            client=client_of(request.scope),
         )
     except InvalidInput as exc:  # the V2 protocol answers every bad request with 400
         raise CodecError(str(exc)) from exc

@@ -142,6 +142,14 @@ class Pipeline(ABC, Generic[ParamsT]):
         Called in the batcher's worker thread; raising fails only the requests of this batch.
         """
 
+    def request_cost(self, n_texts: int, params: ParamsT) -> int:
+        """The most work a request may cause, in units the operator budgets (``max_request_cost``).
+
+        Default: texts × the card's ``max_length`` (tokens at most). A task whose work grows with its
+        parameters says so (translation: × beam_size × max_length steps).
+        """
+        return n_texts * self.card.max_length
+
     def postprocess(self, output: Any, params: ParamsT) -> Any:
         """Turn one item's output into its native wire result (runs on the event loop). Default: as is."""
         return output

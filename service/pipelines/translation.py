@@ -79,6 +79,10 @@ class TranslationPipeline(Pipeline[TranslateParams]):
         rows = encode_source(self.source, texts, self.card.max_length)
         return [Item(np.asarray(ids, dtype=np.int64), len(ids), key) for ids in rows]
 
+    def request_cost(self, n_texts: int, params: TranslateParams) -> int:
+        """Decoder rows × steps at most: texts × beam_size × max_length (not the source length: the search's)."""
+        return n_texts * params.beam_size * params.max_length
+
     def run_batch(self, items: Sequence[Item]) -> list[str]:
         beam, max_length, alpha = items[0].key
         hyps = self.model.search([item.data for item in items], beam, max_length, alpha)
