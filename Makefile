@@ -11,14 +11,19 @@ $(BIN)/activate:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-# The serving install (no torch) plus what training, export and the tests need.
+# What serving needs, nothing more (no torch, no test tools): all `make run` installs.
+$(VENV)/.installed-serve: pyproject.toml | $(BIN)/activate
+	$(BIN)/pip install -q -e .
+	touch $@
+
+# The serving install plus what training, export and the tests need.
 $(VENV)/.installed: pyproject.toml | $(BIN)/activate
 	$(BIN)/pip install -q -e '.[train,dev]'
 	touch $@
 
 setup: $(VENV)/.installed
 
-run: $(VENV)/.installed
+run: $(VENV)/.installed-serve
 	LSTM_SERVE_HOST=$(HOST) LSTM_SERVE_PORT=$(PORT) $(BIN)/lstm-serve serve
 
 test: $(VENV)/.installed
