@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gzip
 import json
 import os
 import platform
@@ -47,13 +46,11 @@ from typing import Any
 import numpy as np
 
 from bench.client import encode_post
-from bench.load import Run, _summary, closed_loop
+from bench.load import Run, _summary, closed_loop, load_texts
 from bench.servers import REPO_ROOT, ServerHandle, launch_server
+from bench.translation import latest_version
+from models.datasets import read_lines
 
-REPOSITORY = REPO_ROOT / "model_repository"
-SST2_DEV = REPO_ROOT / "data" / "sst2" / "dev.tsv.gz"
-FLICKR_EN = REPO_ROOT / "data" / "multi30k" / "test_2016_flickr.en.gz"
-FLICKR_DE = REPO_ROOT / "data" / "multi30k" / "test_2016_flickr.de.gz"
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 #: Batching settings for the GPU server: a GPU wants far larger batches than the CPU defaults (32).
 GPU_SERVER_SETTINGS = {"max_batch_size": 256, "max_batch_tokens": 65536, "max_queue_items": 16384}
@@ -69,18 +66,9 @@ class CheckFailed(AssertionError):
     """A verification step found the GPU path wrong (not merely slow)."""
 
 
-def _lines(path: Path) -> list[str]:
-    with gzip.open(path, "rt", encoding="utf-8") as handle:
-        return [line.rstrip("\n") for line in handle]
-
-
-def sst2_sentences(limit: int) -> list[str]:
-    return [row.split("\t")[0] for row in _lines(SST2_DEV)[1:]][:limit]
-
-
-def _latest(model: str) -> Path:
-    folder = REPOSITORY / model
-    return max((p for p in folder.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+def flickr_sentences(lang: str, limit: int) -> list[str]:
+    """The first ``limit`` test_2016_flickr sentences (``en`` or ``de``), checksum-verified by the loader."""
+    return list(read_lines(f"multi30k/test_2016_flickr.{lang}.gz"))[:limit]
 
 
 def _pipeline(task: str, provider: str, threads: int = 1, precision: str = "fp32") -> Any:
@@ -89,7 +77,7 @@ def _pipeline(task: str, provider: str, threads: int = 1, precision: str = "fp32
     from service.pipelines.registry import discover
     from service.runtime import Runtime, RuntimeOptions
 
-    folder = _latest(task)
+    folder = latest_version(task)
     options = RuntimeOptions(provider=provider, intra_op_threads=threads, precision=precision)  # type: ignore[arg-type]
     runtime = Runtime(options)
     return discover()[task](ModelCard.load(folder), folder, runtime)
@@ -247,21 +235,15 @@ class GpuSampler:
         return statistics.mean(self.samples) if self.samples else None
 
 
-def _cpu_seconds(pid: int) -> float:
-    """utime + stime of a process and its reaped children (Linux ``/proc``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
-
-
 def load_run(
     server: ServerHandle, name: str, path: str, bodies: list[dict], texts_per_request: int, c: int, args: Any
 ) -> Run:
     """One closed-loop run with GPU busy share and server CPU per request recorded in ``Run.extra``."""
     reqs = [encode_post(server.url, path, json.dumps(b).encode()) for b in bodies]
-    cpu0 = _cpu_seconds(server.process.pid)
+    cpu0 = server.cpu_seconds()  # the whole process tree: front ends and workers too
     with GpuSampler() as sampler:
         lat, statuses = asyncio.run(closed_loop(server.url, reqs, c, args.duration, args.warmup))
-    cpu = _cpu_seconds(server.process.pid) - cpu0
+    cpu = server.cpu_seconds() - cpu0
     run = _summary(name, "closed", c, 0, args.duration, lat, statuses)
     answered = sum(v for k, v in statuses.items() if k != "connection_error")
     run.extra = {
@@ -289,8 +271,8 @@ def server_runs(provider: str, args: argparse.Namespace) -> tuple[list[Run], dic
     }
     server = launch_server(settings, Path(tempfile.mkdtemp(prefix="lstm-serve-gpu-check-")), timeout=300)
     runs: list[Run] = []
-    texts = sst2_sentences(2000)
-    flickr = _lines(FLICKR_EN)[:200]
+    texts = load_texts(2000)
+    flickr = flickr_sentences("en", 200)
     try:
         single = [{"texts": [t]} for t in texts]
         for c in args.concurrency:
@@ -318,8 +300,8 @@ def precision_step(provider: str, args: argparse.Namespace) -> dict[str, Any]:
     repo = Path(tempfile.mkdtemp(prefix="lstm-serve-precision-"))
     out: dict[str, Any] = {"gates": {}, "refused": {}, "repository": str(repo)}
     for model in ("sentiment", "translation"):
-        folder = repo / model / _latest(model).name
-        shutil.copytree(_latest(model), folder)
+        folder = repo / model / latest_version(model).name
+        shutil.copytree(latest_version(model), folder)
         card = ModelCard.load(folder)
         limit = 256 if args.quick else None
         report = add_variants(folder, card, ["fp16"], limit=limit, measure_cost=False)
@@ -330,7 +312,7 @@ def precision_step(provider: str, args: argparse.Namespace) -> dict[str, Any]:
             shutil.rmtree(folder.parent)  # a forced fp16 server would refuse it: serve only what passed
     base = {"provider": provider, "model_repository": repo, **(GPU_SERVER_SETTINGS if provider == "cuda" else {})}
     servers = {p: launch_server(base | {"precision": p}, repo / f"logs-{p}", timeout=300) for p in ("fp32", "fp16")}
-    texts, flickr = sst2_sentences(2000), _lines(FLICKR_EN)[:200]
+    texts, flickr = load_texts(2000), flickr_sentences("en", 200)
     loads = [("sentiment x1", "/v1/sentiment", [{"texts": [t]} for t in texts], 1, args.precision_concurrency)]
     loads.append(
         ("sentiment x64", "/v1/sentiment", [{"texts": texts[i : i + 64]} for i in range(0, 1937, 64)], 64, 16)
@@ -484,8 +466,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "provider": provider,
         "failures": {},
     }
-    texts = sst2_sentences(n_sent)
-    flickr_en, flickr_de = _lines(FLICKR_EN)[:n_tr], _lines(FLICKR_DE)[:n_tr]
+    texts = load_texts(n_sent)
+    flickr_en, flickr_de = flickr_sentences("en", n_tr), flickr_sentences("de", n_tr)
     steps: list[tuple[str, Callable[[], Any]]] = [
         ("provider", lambda: check_provider(provider)),
         ("sentiment_parity", lambda: check_sentiment_parity(provider, texts)),

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import tempfile
 import time
@@ -29,18 +28,9 @@ import tritonclient.http as httpclient
 
 from bench.client import encode_post
 from bench.load import Run, load_texts, print_table, run_closed
-from bench.servers import REPO_ROOT, ServerHandle, launch_server
+from bench.servers import REPO_ROOT, ServerHandle, cpu_seconds, launch_server
 
 KINDS = ("native", "v2_json", "v2_binary")
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and all its threads so far (Linux ``/proc``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
 def v2_request(url: str, text: str, binary: bool) -> bytes:
     """One raw HTTP request for /v2/models/sentiment/infer, body and headers as tritonclient makes them."""
     tensor = httpclient.InferInput("text", [1, 1], "BYTES")

@@ -10,14 +10,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.gpu_check import FLICKR_EN, _latest, _lines, sst2_sentences
+from bench.gpu_check import flickr_sentences
+from bench.load import load_texts
+from bench.translation import latest_version
 from lstm_core.model_card import ModelCard
 from service.pipelines.registry import discover
 from service.runtime import Runtime, RuntimeOptions
 
 
 def pipelines(task: str) -> tuple:
-    folder = _latest(task)
+    folder = latest_version(task)
     cls = discover()[task]
     card = ModelCard.load(folder)
     plain = Runtime(RuntimeOptions(provider="cpu"))
@@ -28,7 +30,7 @@ def pipelines(task: str) -> tuple:
 
 def test_sentiment_io_binding_path_equals_plain_run() -> None:
     plain, bound = pipelines("sentiment")
-    texts = sst2_sentences(96)
+    texts = load_texts(96)
     for start in range(0, 96, 32):
         items = plain.preprocess(texts[start : start + 32], plain.wire.params())
         assert np.array_equal(np.stack(plain.run_batch(items)), np.stack(bound.run_batch(items)))
@@ -38,6 +40,6 @@ def test_sentiment_io_binding_path_equals_plain_run() -> None:
 def test_translation_device_stepper_equals_host_stepper(beam: int) -> None:
     plain, bound = pipelines("translation")
     assert bound.model.device == ("cpu", 0) and plain.model.device is None
-    texts = _lines(FLICKR_EN)[:24]
+    texts = flickr_sentences("en", 24)
     items = plain.preprocess(texts, plain.wire.params(beam_size=beam))
     assert plain.run_batch(items) == bound.run_batch(items)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from bench import gpu_check
+from bench.load import load_texts
 from service.runtime import cuda_available
 
 gpu = pytest.mark.skipif(not cuda_available(), reason="needs onnxruntime-gpu and a CUDA GPU")
@@ -26,15 +27,15 @@ def test_both_models_run_on_cuda_sessions() -> None:
 
 @gpu
 def test_sentiment_on_gpu_matches_cpu() -> None:
-    texts = gpu_check.sst2_sentences(256)
+    texts = load_texts(256)
     result = gpu_check.check_sentiment_parity("cuda", texts, batch=32)
     assert result["max_abs_diff"] < gpu_check.SENTIMENT_TOLERANCE and result["label_agreement"] == 1.0
 
 
 @gpu
 def test_translation_on_gpu_matches_cpu() -> None:
-    en = gpu_check._lines(gpu_check.FLICKR_EN)[:48]
-    de = gpu_check._lines(gpu_check.FLICKR_DE)[:48]
+    en = gpu_check.flickr_sentences("en", 48)
+    de = gpu_check.flickr_sentences("de", 48)
     result = gpu_check.check_translation_parity("cuda", en, de, batch=16)
     assert result["beam1"]["differing"] <= 2 and result["beam4"]["differing"] <= 2
 

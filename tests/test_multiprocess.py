@@ -20,7 +20,8 @@ import httpx
 import numpy as np
 import pytest
 
-from bench.gpu_check import FLICKR_EN, _lines, sst2_sentences
+from bench.gpu_check import flickr_sentences
+from bench.load import load_texts
 from bench.servers import ServerHandle
 from tests.test_service_load import LONG, metric, wait_for
 
@@ -54,14 +55,14 @@ def test_answers_equal_one_process(start_server) -> None:
     """fp32 on both: int8's dynamic quantisation scales activations per batch, so its answers depend on
     the batch a text lands in, and two servers calibrate their batch cuts independently."""
     live_server, two = start_server(precision="fp32", workers=1), start_server(precision="fp32", workers=2)
-    texts = sst2_sentences(40)
+    texts = load_texts(40)
     one = httpx.post(f"{live_server.url}/v1/sentiment", json={"texts": texts}, timeout=60).json()["results"]
     many = httpx.post(f"{two.url}/v1/sentiment", json={"texts": texts}, timeout=60).json()["results"]
     assert [r["label"] for r in one] == [r["label"] for r in many]
     a = np.array([list(r["probabilities"].values()) for r in one])
     b = np.array([list(r["probabilities"].values()) for r in many])
     assert np.abs(a - b).max() <= 1e-6
-    captions = _lines(FLICKR_EN)[:12]
+    captions = flickr_sentences("en", 12)
     for beam in (1, 4):
         body = {"texts": captions, "beam_size": beam}
         one_t = httpx.post(f"{live_server.url}/v1/translate", json=body, timeout=120).json()["translations"]
@@ -87,7 +88,7 @@ def test_batches_form_across_front_ends_and_every_request_is_counted(two: Server
     requests_before = metric(two, "lstm_serve_requests_total", endpoint="/v1/sentiment", status="200")
     batches_before = metric(two, "lstm_serve_batch_size_count", model="sentiment")
     items_before = metric(two, "lstm_serve_items_total", model="sentiment")
-    texts = sst2_sentences(400)
+    texts = load_texts(400)
 
     def one(i: int) -> int:
         with httpx.Client(timeout=60) as http:  # a connection per client: the kernel spreads them
