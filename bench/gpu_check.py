@@ -46,8 +46,8 @@ from typing import Any
 import numpy as np
 
 from bench.client import encode_post
-from bench.load import Run, _summary, closed_loop, load_texts
-from bench.servers import REPO_ROOT, ServerHandle, launch_server
+from bench.load import ClientProcesses, Run, _summary, closed_loop, load_texts
+from bench.servers import REPO_ROOT, ServerHandle, launch_server, process_tree
 from bench.translation import latest_version
 from models.datasets import read_lines
 
@@ -241,8 +241,13 @@ def load_run(
     """One closed-loop run with GPU busy share and server CPU per request recorded in ``Run.extra``."""
     reqs = [encode_post(server.url, path, json.dumps(b).encode()) for b in bodies]
     cpu0 = server.cpu_seconds()  # the whole process tree: front ends and workers too
-    with GpuSampler() as sampler:
-        lat, statuses = asyncio.run(closed_loop(server.url, reqs, c, args.duration, args.warmup))
+    if args.client_processes > 1:  # forked before the sampler thread starts
+        clients = ClientProcesses(server.url, reqs, c, args.duration, args.warmup, args.client_processes)
+        with GpuSampler() as sampler:
+            lat, statuses = clients.join()
+    else:
+        with GpuSampler() as sampler:
+            lat, statuses = asyncio.run(closed_loop(server.url, reqs, c, args.duration, args.warmup))
     cpu = server.cpu_seconds() - cpu0
     run = _summary(name, "closed", c, 0, args.duration, lat, statuses)
     answered = sum(v for k, v in statuses.items() if k != "connection_error")
@@ -262,11 +267,12 @@ def load_run(
     return run
 
 
-def server_runs(provider: str, args: argparse.Namespace) -> tuple[list[Run], dict[str, Any]]:
+def server_runs(provider: str, args: argparse.Namespace, workers: int, label: str = "") -> tuple[list[Run], dict]:
+    """The load runs against one server with ``workers`` front ends; ``label`` suffixes the run names."""
     settings = {
         "provider": provider,
         "precision": "fp32",
-        "workers": args.server_workers,  # 0 = auto: on a GPU machine, several front ends feed the device
+        "workers": workers,  # 0 = auto: on a GPU machine, several front ends feed the device
         **(GPU_SERVER_SETTINGS if provider == "cuda" else {}),
     }
     server = launch_server(settings, Path(tempfile.mkdtemp(prefix="lstm-serve-gpu-check-")), timeout=300)
@@ -276,18 +282,46 @@ def server_runs(provider: str, args: argparse.Namespace) -> tuple[list[Run], dic
     try:
         single = [{"texts": [t]} for t in texts]
         for c in args.concurrency:
-            runs.append(load_run(server, "sentiment x1", "/v1/sentiment", single, 1, c, args))
+            runs.append(load_run(server, f"sentiment x1{label}", "/v1/sentiment", single, 1, c, args))
         multi = [{"texts": texts[i : i + 64]} for i in range(0, len(texts) - 63, 64)]
         for c in args.multi_concurrency:
-            runs.append(load_run(server, "sentiment x64", "/v1/sentiment", multi, 64, c, args))
+            runs.append(load_run(server, f"sentiment x64{label}", "/v1/sentiment", multi, 64, c, args))
         beam4 = [{"texts": [t], "beam_size": 4} for t in flickr]
         for c in args.translation_concurrency:
-            runs.append(load_run(server, "translation beam4", "/v1/translate", beam4, 1, c, args))
+            runs.append(load_run(server, f"translation beam4{label}", "/v1/translate", beam4, 1, c, args))
         info = {"settings": settings, "rss_mb": server.rss() / 2**20, "model_info": _model_info(server.url)}
+        info["processes"] = len(process_tree(server.process.pid))
     finally:
         info_exit = server.stop()
     info["exit_code"] = info_exit
     return runs, info
+
+
+def torch_greedy_step(device: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Issue 11's reference: a plain PyTorch greedy loop over the shipped weights, sentences/s by batch size."""
+    from tokenizers import Tokenizer
+
+    from bench.torch_reference import greedy_loop, load_torch_model, throughput
+    from lstm_core.encoding import encode_source
+    from models.translation.subwords import decode_target
+
+    folder = latest_version("translation")
+    model = load_torch_model(folder)
+    tokenizer = Tokenizer.from_file(str(folder / "source_tokenizer.json"))
+    texts = flickr_sentences("en", 64 if args.quick else 1000)
+    served = _pipeline("translation", "cpu", threads=4)  # the ONNX graphs, greedy, as the server decodes
+    served_text = served.run_batch(served.preprocess(texts[:64], _params(served, beam_size=1)))
+    reference = greedy_loop(model.to(device), encode_source(tokenizer, texts[:64], 128), device)
+    reference_text = decode_target(Tokenizer.from_file(str(folder / "target_tokenizer.json")), reference)
+    same = sum(a == b for a, b in zip(reference_text, served_text, strict=True))
+    out: dict[str, Any] = {"device": device, "torch": __import__("torch").__version__}
+    out["identical_to_served_greedy"] = f"{same}/{len(served_text)}"
+    sizes = [1, 8] if args.quick else [1, 64, 256]
+    out["runs"] = []
+    for size in sizes:  # batch 1 over the first 300 sentences: one launch per kernel per token adds up
+        subset = texts[: 16 if args.quick else 300] if size == 1 else texts
+        out["runs"] += throughput(model, tokenizer, subset, [size], device)
+    return out
 
 
 def precision_step(provider: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -405,7 +439,20 @@ def tables(result: dict[str, Any]) -> str:
             f"| {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {'-' if busy is None else f'{busy:.0%}'} "
             f"| {r['extra']['server_cpu_ms_per_request']:.2f} | {r['errors'] or '-'} |"
         )
+    torch_runs = (result.get("torch_greedy") or {}).get("runs", [])
+    if torch_runs:
+        lines += ["", "| PyTorch greedy loop | batch | sentences/s |", "|---|---|---|"]
+        device = result["torch_greedy"]["device"]
+        lines += [f"| {device} | {r['batch']} | {r['sentences_s']:,.1f} |" for r in torch_runs]
     return "\n".join(lines)
+
+
+def _torch_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
 
 
 def _gpu_name() -> str | None:
@@ -425,7 +472,18 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--provider", choices=("auto", "cpu"), default="auto", help="cpu: check the CPU path even on a GPU")
     p.add_argument("--quick", action="store_true", help="small sizes and short runs (the CI test of this script)")
     p.add_argument("--skip-server", action="store_true", help="only the in-process checks")
-    p.add_argument("--server-workers", type=int, default=0, help="LSTM_SERVE_WORKERS of the server (0 = auto)")
+    p.add_argument(
+        "--server-workers",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[0],
+        help="LSTM_SERVE_WORKERS of the server (0 = auto); a list (1,0) serves and measures each in turn",
+    )
+    p.add_argument(
+        "--client-processes",
+        type=int,
+        default=max(1, (os.cpu_count() or 1) // 4),
+        help="load-generating processes (default: a quarter of the cores); one cannot load a multi-process server",
+    )
     p.add_argument("--duration", type=float, default=5.0, help="measured seconds per load run")
     p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each load run")
     p.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 64, 256])
@@ -440,6 +498,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         args.duration, args.warmup = min(args.duration, 1.0), min(args.warmup, 0.3)
         args.concurrency, args.multi_concurrency, args.translation_concurrency = [1, 8], [2], [2]
         args.precision_concurrency, args.precision_repeats = 8, 1
+        args.client_processes = 2  # CI exercises the forked client too
     return args
 
 
@@ -478,6 +537,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         steps.append(("model_throughput_cpu", lambda: model_throughput("cpu", texts, sizes[:5], 1.0)))
     if not args.skip_server:
         steps.append(("server", lambda: _server_step(provider, args)))
+    if has_gpu and _torch_cuda():  # issue 11's reference loop; the GPU image has a CUDA torch
+        steps.append(("torch_greedy", lambda: torch_greedy_step("cuda", args)))
     if has_gpu and not args.skip_precision:  # fp16 is a CUDA variant: its gate and speed mean nothing on CPU
         steps.append(("precision", lambda: precision_step(provider, args)))
     for name, step in steps:
@@ -505,8 +566,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _server_step(provider: str, args: argparse.Namespace) -> dict[str, Any]:
-    runs, info = server_runs(provider, args)
-    return {**info, "runs": [asdict(r) for r in runs]}
+    """One server per ``--server-workers`` value, one after the other; with several, run names say which."""
+    runs: list[Run] = []
+    servers = []
+    for workers in args.server_workers:
+        label = "" if len(args.server_workers) == 1 else f" [workers={workers or 'auto'}]"
+        server_runs_, info = server_runs(provider, args, workers, label)
+        runs += server_runs_
+        servers.append(info)
+    return {"servers": servers, "runs": [asdict(r) for r in runs]}
 
 
 if __name__ == "__main__":
