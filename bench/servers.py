@@ -95,6 +95,24 @@ class ServerHandle:
             time.sleep(0.05)
         return log
 
+    def settle(self, timeout: float = 30.0, in_a_row: int = 8) -> None:
+        """Block until ``/readyz`` stops saying "loading" on ``in_a_row`` answers in a row.
+
+        A multi-process server's front ends learn the inference worker's state within about 100 ms of
+        its log line, each on its own; every probe is a fresh connection, so they are asked in turn.
+        """
+        deadline, streak = time.monotonic() + timeout, 0
+        while streak < in_a_row:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"/readyz still says loading after {timeout}s")
+            try:
+                with urllib.request.urlopen(f"{self.url}/readyz", timeout=5) as response:
+                    body = response.read()
+            except urllib.error.HTTPError as error:
+                body = error.read()
+            streak = 0 if b'"status":"loading"' in body else streak + 1
+            time.sleep(0.01)
+
     def stop(self, timeout: float = 60.0) -> int:
         """SIGTERM (graceful: finish queued work) and wait; returns the exit code."""
         if self.process.poll() is None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from service import early_stop
 from service.app import create_app
 from service.metrics import Metrics
 from service.procstate import ProcessState, ProcessTable
@@ -31,9 +32,15 @@ class _FrontEndServer(_Server):
         if sig != signal.SIGINT:
             super().handle_exit(sig, frame)
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if early_stop.arrived():  # stopped while starting: uvicorn's handler is in place now, drain as usual
+            self.handle_exit(signal.SIGTERM, None)
+
 
 def run(slot: int, listener: socket.socket, socket_paths: Sequence[str], overrides: dict[str, Any]) -> None:
     """Process entry point (spawned by the supervisor)."""
+    early_stop.install()  # also the handler uvicorn restores and re-raises to: a drained SIGTERM exits 0
     settings = Settings(**overrides)
     configure_logging(settings)
     table = ProcessTable.from_env()
@@ -43,7 +50,6 @@ def run(slot: int, listener: socket.socket, socket_paths: Sequence[str], overrid
     metrics = Metrics(pids=table.pids if table is not None else None)
     app = create_app(settings, registry=registry, metrics=metrics)
     server = _FrontEndServer(uvicorn_config(app, settings), registry)
-    signal.signal(signal.SIGTERM, lambda *_: None)  # as in server.main: a drained SIGTERM exits 0
     try:
         server.run(sockets=[listener])
     finally:

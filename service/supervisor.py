@@ -30,10 +30,11 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-from service import frontend, worker
+from service import early_stop, frontend, worker
 from service.layout import ProcessLayout
 from service.procstate import STATE_ENV, ProcessState, ProcessTable
 from service.settings import Settings
+from service.shared_buckets import SharedTokenBuckets
 
 log = logging.getLogger(__name__)
 POLL_S = 0.1
@@ -60,6 +61,7 @@ class Supervisor:
         self.context = multiprocessing.get_context("spawn")
         self.stopping = False
         self.children: list[_Child] = []
+        self.buckets: list[SharedTokenBuckets] = []
 
     def _bind(self) -> socket.socket:
         family = socket.AF_INET6 if ":" in self.settings.host else socket.AF_INET
@@ -74,7 +76,8 @@ class Supervisor:
         target = worker.run if child.role == "inference" else frontend.run
         name = f"lstm-serve {child.role}-{child.index}"
         child.process = self.context.Process(target=target, args=child.args, name=name)
-        child.process.start()
+        with early_stop.spawning_with_sigterm_blocked():  # a stop while it starts waits for its handler
+            child.process.start()
         child.started = time.monotonic()
         self.table.set(child.slot, ProcessState.STARTING, child.process.pid)
         log.info("started %s-%d (pid %d)", child.role, child.index, child.process.pid)
@@ -101,6 +104,9 @@ class Supervisor:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)  # children inherit it at spawn
         self.table = ProcessTable.create(len(self.layout.devices), self.layout.frontends)
         os.environ[STATE_ENV] = self.table.spec
+        # Rate limits and cost budgets hold for the server, not per front end: one shared table each.
+        limits = [("rate", self.settings.rate_limit_per_s), ("cost", self.settings.cost_per_s_per_client)]
+        self.buckets = [SharedTokenBuckets.create(purpose, workdir) for purpose, rate in limits if rate > 0]
         listener = self._bind()
         paths = [str(workdir / f"inference-{i}.sock") for i in range(len(self.layout.devices))]
         for i, device in enumerate(self.layout.devices):
@@ -126,6 +132,8 @@ class Supervisor:
             return self._stop_all(listener)
         finally:
             self.table.close()
+            for buckets in self.buckets:
+                buckets.close(unlink=True)
             shutil.rmtree(workdir, ignore_errors=True)
 
     def _request_stop(self, signum: int, frame: object) -> None:

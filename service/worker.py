@@ -21,6 +21,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from service import early_stop
 from service.batching import Job
 from service.errors import QueueFull, ServiceError
 from service.ipc import FramedProtocol, decode_items, encode_outputs
@@ -149,6 +150,8 @@ async def serve(settings: Settings, socket_path: Path, table: ProcessTable | Non
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
+    if early_stop.arrived():  # stopped while starting: nothing was accepted yet, stop at once
+        stop.set()
     loop.add_signal_handler(signal.SIGINT, lambda: None)  # Ctrl-C reaches the whole group: the supervisor decides
     socket_path.unlink(missing_ok=True)
     listener = await loop.create_unix_server(lambda: server.connection().protocol, str(socket_path))
@@ -183,6 +186,7 @@ async def serve(settings: Settings, socket_path: Path, table: ProcessTable | Non
 
 def run(slot: int, socket_path: str, device_id: int, overrides: dict[str, Any]) -> None:
     """Process entry point (spawned by the supervisor): serve the models on one device."""
+    early_stop.install()
     settings = Settings(**{**overrides, "cuda_device_ids": [device_id]})
     configure_logging(settings.log_level, settings.log_format)
     table = ProcessTable.from_env()

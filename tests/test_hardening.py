@@ -450,6 +450,7 @@ def test_misnamed_version_folder_is_refused_and_reported(tmp_path: Path) -> None
     server = launch_server({"model_repository": tmp_path / "repo"}, tmp_path / "logs", wait_for="/healthz")
     try:
         server.wait_for_log("refusing model sentiment")
+        server.settle()  # every front end has the worker's state
         ready, models = _reports(server, tmp_path)
         assert ready.status_code == 503
         assert (
@@ -489,6 +490,7 @@ def test_a_version_that_fails_to_load_is_reported_without_paths(tmp_path: Path) 
     server = launch_server(overrides, tmp_path / "logs", wait_for="/healthz")
     try:
         server.wait_for_log("refusing model sentiment version 1: loading failed")
+        server.settle()  # every front end has the worker's state
         ready, _ = _reports(server, tmp_path)
         assert ready.status_code == 503
         assert ready.json()["models"]["sentiment"] == "refused: version 1 failed to load (see the server log)"

@@ -167,6 +167,7 @@ def test_server_forced_to_a_variant_the_card_lacks_is_not_ready_and_says_why(tmp
     )
     try:
         server.wait_for_log("refusing model")
+        server.settle()  # every front end has the worker's state
         ready = httpx.get(f"{server.url}/readyz")
         assert ready.status_code == 503
         assert "precision=fp16 but model.json offers ['fp32', 'int8']" in ready.json()["models"]["sentiment"]
@@ -175,7 +176,8 @@ def test_server_forced_to_a_variant_the_card_lacks_is_not_ready_and_says_why(tmp
 
 
 def test_server_shows_the_variant_it_serves(tmp_path: Path) -> None:
-    server = launch_server({"model_repository": REPO, "precision": "int8", "warmup": "false"}, tmp_path / "logs")
+    settings = {"model_repository": REPO, "precision": "int8", "provider": "cpu", "warmup": "false"}  # int8 is CPU's
+    server = launch_server(settings, tmp_path / "logs")
     try:
         serving = httpx.get(f"{server.url}/v1/models").json()["serving"]
         assert serving["sentiment"]["precision"] == "int8" and serving["sentiment"]["provider"] == CPU

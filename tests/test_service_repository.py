@@ -87,6 +87,7 @@ def test_server_on_a_tampered_folder_stays_not_ready(tmp_path: Path) -> None:
     server = launch_server({"model_repository": tmp_path / "repo"}, tmp_path / "logs", wait_for="/healthz")
     try:
         server.wait_for_log("refusing model")
+        server.settle()  # every front end has the worker's state
         ready = httpx.get(f"{server.url}/readyz")
         assert ready.status_code == 503 and "model.onnx" in ready.json()["models"]["sentiment"]
         refused = httpx.post(f"{server.url}/v1/sentiment", json={"texts": ["hello"]})
