@@ -23,7 +23,7 @@ from service.metrics import Metrics
 from service.middleware import MetricsMiddleware, RequestBodyMiddleware, RequestContextMiddleware
 from service.pipelines.registry import discover
 from service.registry import ModelRegistry, ServedModels
-from service.security import ApiKeyMiddleware, KeySet, RateLimitMiddleware, TokenBuckets
+from service.security import ApiKeyMiddleware, KeySet, RateLimitMiddleware, token_buckets
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def create_app(
     )
     if settings.rate_limit_per_s > 0:
         burst = settings.rate_limit_burst or max(1, round(settings.rate_limit_per_s))
-        app.add_middleware(RateLimitMiddleware, buckets=TokenBuckets(settings.rate_limit_per_s, burst))
+        app.add_middleware(RateLimitMiddleware, buckets=token_buckets("rate", settings.rate_limit_per_s, burst))
     keys = KeySet.load(settings.api_keys, settings.api_keys_file)
     if keys:
         app.add_middleware(ApiKeyMiddleware, keys=keys, metrics_auth=settings.metrics_auth)

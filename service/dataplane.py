@@ -20,7 +20,7 @@ from service.batching import Job
 from service.errors import ClientGone, CostTooHigh, DeadlineExceeded, InvalidInput, OverBudget, QueueFull, ShuttingDown
 from service.metrics import Metrics
 from service.registry import ServedModel, ServedModels
-from service.security import TokenBuckets
+from service.security import token_buckets
 from service.settings import Settings
 
 
@@ -51,7 +51,7 @@ class DataPlane:
         self.metrics = metrics
         rate = settings.cost_per_s_per_client
         # The bucket holds at least one largest request, so any admissible request can eventually run.
-        self.budgets = TokenBuckets(rate, max(settings.max_request_cost, round(rate))) if rate > 0 else None
+        self.budgets = token_buckets("cost", rate, max(settings.max_request_cost, round(rate))) if rate > 0 else None
 
     def admit(self, model: ServedModel, n_texts: int, params: BaseModel, client: str | None) -> None:
         """Admission by cost: one request over ``max_request_cost`` gets 413, a client over its budget 429.

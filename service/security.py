@@ -23,6 +23,7 @@ from pathlib import Path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.errors import error_response
+from service.shared_buckets import SharedTokenBuckets
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,12 @@ class TokenBuckets:
         return wait
 
 
+def token_buckets(purpose: str, rate: float, burst: int) -> TokenBuckets | SharedTokenBuckets:
+    """The buckets of one limit: server-wide in a multi-process server's front end (the supervisor made the
+    table), else this process's own, which in a one-process server is the whole server's."""
+    return SharedTokenBuckets.from_env(purpose, rate, burst) or TokenBuckets(rate, burst)
+
+
 def client_of(scope: Scope) -> str:
     """Who is calling: its API key id when keys are on, else its address (the proxy's, unless trusted)."""
     client = scope.get(CLIENT_KEY)
@@ -135,9 +142,10 @@ def client_of(scope: Scope) -> str:
 class RateLimitMiddleware:
     """429 + ``Retry-After`` (whole seconds, at least 1) when a client is over its rate; probes and metrics
     are not limited. The client is its API key when keys are on, else its address (the proxy's, unless
-    uvicorn trusts the proxy's ``X-Forwarded-For``: ``FORWARDED_ALLOW_IPS``). Per process."""
+    uvicorn trusts the proxy's ``X-Forwarded-For``: ``FORWARDED_ALLOW_IPS``). One limit for the whole server,
+    however many front ends (``token_buckets``)."""
 
-    def __init__(self, app: ASGIApp, buckets: TokenBuckets) -> None:
+    def __init__(self, app: ASGIApp, buckets: TokenBuckets | SharedTokenBuckets) -> None:
         self.app = app
         self.buckets = buckets
 

@@ -108,7 +108,7 @@ class Settings(BaseSettings):
     )
     metrics_auth: bool = Field(False, description="/metrics needs an API key too (when keys are set)")
     rate_limit_per_s: float = Field(
-        0.0, ge=0, description="requests a second per client (API key, else address), per process; 0 = off"
+        0.0, ge=0, description="requests a second per client (API key, else address), for the whole server; 0 = off"
     )
     rate_limit_burst: int = Field(0, ge=0, description="token bucket size per client (0 = max(1, rate_limit_per_s))")
     max_request_cost: int = Field(
@@ -118,7 +118,9 @@ class Settings(BaseSettings):
         "max_length; sentiment: texts × max tokens); more: 413",
     )
     cost_per_s_per_client: float = Field(
-        0.0, ge=0, description="cost units a second per client (API key, else address), per process; 0 = off; over: 429"
+        0.0,
+        ge=0,
+        description="cost units a second per client (API key, else address), for the whole server; 0 = off; over: 429",
     )
     header_timeout_s: float = Field(
         10.0, gt=0, description="a connection's request headers must arrive within this; else it is closed"

@@ -23,6 +23,7 @@ import pytest
 from bench.gpu_check import flickr_sentences
 from bench.load import load_texts
 from bench.servers import ServerHandle
+from service.runtime import cuda_available
 from tests.test_service_load import LONG, metric, wait_for
 
 
@@ -78,7 +79,8 @@ def test_readiness_names_every_process_and_metrics_add_up(two: ServerHandle) -> 
     reported = metric(two, "process_resident_memory_bytes")
     assert 0.8 * rss <= reported <= 1.2 * rss, (reported, rss)  # all three processes, not the one asked
     text = httpx.get(f"{two.url}/metrics").text
-    assert metric(two, "lstm_serve_model_info", model="sentiment", provider="CPUExecutionProvider") == 1.0
+    provider = "CUDAExecutionProvider" if cuda_available() else "CPUExecutionProvider"  # provider=auto
+    assert metric(two, "lstm_serve_model_info", model="sentiment", provider=provider) == 1.0
     assert "pid=" not in text  # merged series: the same names and labels as one process
 
 
@@ -161,3 +163,18 @@ def test_killed_inference_worker_fails_pending_at_once_then_serving_resumes(star
     again = httpx.post(f"{server.url}/v1/sentiment", json={"texts": ["a fine film"]}, timeout=30)
     assert again.status_code == 200 and again.json()["results"][0]["label"] in {"positive", "negative"}
     assert server.stop() == 0
+
+
+def test_rate_limit_holds_for_the_whole_server(start_server) -> None:
+    """One table per limit in shared memory: spread over the front ends, a client still gets its burst once.
+    (Cost budgets take the same ``token_buckets`` path: tests/test_shared_buckets.py.)
+
+    Each request comes on a fresh connection, so the kernel hands them to either front end; with buckets
+    kept per process (before), a burst of 6 let up to 12 through two front ends (and 48 through the 8 of
+    a 16-core GPU machine, where this was seen).
+    """
+    server = start_server(workers=2, rate_limit_per_s=0.01, rate_limit_burst=6)
+    wait_ready(server)
+    statuses = [httpx.post(f"{server.url}/v1/sentiment", json={"texts": ["fine"]}).status_code for _ in range(12)]
+    assert statuses == [200] * 6 + [429] * 6, statuses
+    assert metric(server, "lstm_serve_rejected_total", reason="rate_limited") == 6

@@ -48,10 +48,15 @@ def test_sentiment_answers_with_labels_and_probabilities(live_server: ServerHand
     assert body["results"][3]["label"] == "negative"
 
 
-@pytest.mark.parametrize(("precision", "tolerance"), [("fp32", 1e-6), ("int8", 2e-3)])
+#: fp32 on CUDA: the H200 run (2026-11-26) differed by 1.2e-5 between a text alone and in a batch of 64:
+#: cuDNN picks its kernels by batch shape, and they do not sum in the same order.
+FP32_BATCH_TOLERANCE = 1e-4 if cuda_available() else 1e-6
+
+
+@pytest.mark.parametrize(("precision", "tolerance"), [("fp32", FP32_BATCH_TOLERANCE), ("int8", 2e-3)])
 def test_same_texts_alone_and_in_a_crowd_get_the_same_answers(start_server, precision: str, tolerance: float) -> None:
-    """fp32: the same answer whatever the batch (padding is masked by ``lengths``). int8: the same label, and
-    probabilities within 2e-3, because dynamic quantisation scales activations per batch."""
+    """fp32: the same answer whatever the batch (padding is masked by ``lengths``; on CPU to 1e-6). int8: the
+    same label, and probabilities within 2e-3, because dynamic quantisation scales activations per batch."""
     live_server = start_server(precision=precision)
     alone = [post(live_server, {"texts": [t]}).json()["results"][0] for t in SST2_LIKE]
     # 64 concurrent single-text requests, the texts interleaved, so they are batched together.
