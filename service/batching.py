@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from lstm_core.cost import CostModel
+from service.batch_cuts import cheapest_cuts
 from service.errors import BatchFailed, QueueFull, ShuttingDown
 from service.metrics import Metrics
 from service.pipelines.base import Item
@@ -209,40 +210,12 @@ class Batcher:
         return self._group(taken) if taken else []
 
     def _group(self, entries: list[_Queued]) -> list[list[_Queued]]:
-        """Cut length-sorted items into the batches of least modelled cost (see ``CostModel``).
-
-        Exact over contiguous runs of the sorted lengths (dynamic programming, O(n²) for n ≤
-        max_batch_size), within ``max_batch_tokens`` and ``max_padding_ratio``.
-        """
+        """Cut length-sorted items into the batches of least modelled cost (``service.batch_cuts``)."""
         cfg = self.config
         entries.sort(key=lambda e: e.item.length)
         lengths = [e.item.length for e in entries]
-        n = len(lengths)
-        prefix = [0]
-        for length in lengths:
-            prefix.append(prefix[-1] + length)
-        best = [0.0] + [float("inf")] * n  # best[j]: least cost of the first j items
-        cut = [0] * (n + 1)
-        cost = self.cost_model.batch_cost
-        for j in range(1, n + 1):
-            longest = lengths[j - 1]
-            for i in range(j - 1, -1, -1):  # batch = items i..j-1, longest is the last
-                size = j - i
-                padded = longest * size
-                if size > 1 and (
-                    padded > cfg.max_batch_tokens or 1.0 - (prefix[j] - prefix[i]) / padded > cfg.max_padding_ratio
-                ):
-                    break  # a longer run back only adds padding
-                total = best[i] + cost(size, longest)
-                if total < best[j]:
-                    best[j], cut[j] = total, i
-        groups: list[list[_Queued]] = []
-        j = n
-        while j > 0:
-            groups.append(entries[cut[j] : j])
-            j = cut[j]
-        groups.reverse()
-        return groups
+        cuts = cheapest_cuts(lengths, self.cost_model, cfg.max_batch_tokens, cfg.max_padding_ratio)
+        return [entries[i:j] for i, j in cuts]
 
     def _forget(self, n: int) -> None:
         self._count -= n
