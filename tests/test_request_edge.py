@@ -1,4 +1,5 @@
-"""The lean request edge, in-process: bodies read without a timer when complete, the body timeout when not."""
+"""The lean request edge, in-process: bodies read without a timer when complete, the body timeout when not,
+and the header deadline without a timer per request."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 from service.metrics import Metrics
 from service.middleware import CLIENT_GONE_KEY, BodyReader, receive_now
+from service.protocol import HeaderTimeoutMixin
 
 
 def _scope(headers: list[tuple[bytes, bytes]] | None = None) -> dict[str, Any]:
@@ -139,3 +141,102 @@ async def test_a_client_leaving_mid_upload_is_marked_gone() -> None:
     scope, send = _scope(), _Sent()
     assert await reader.read(scope, receive, send) is None
     assert scope[CLIENT_GONE_KEY] is True and send.messages == []
+
+
+class _FakeLoop:
+    """Just enough of an event loop for the header deadline: a clock and counted timers."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.timers: list[tuple[float, Any]] = []
+        self.armed = 0
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback: Any) -> Any:
+        self.armed += 1
+        loop = self
+
+        class Handle:
+            def cancel(self) -> None:
+                loop.timers = [t for t in loop.timers if t[1] is not self]
+
+        handle = Handle()
+        self.timers.append((when, handle, callback))  # type: ignore[arg-type]
+        return handle
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        due = [t for t in self.timers if t[0] <= self.now]
+        self.timers = [t for t in self.timers if t[0] > self.now]
+        for _, _, callback in due:  # type: ignore[misc]
+            callback()
+
+
+class _Base:
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def on_response_complete(self) -> None:
+        pass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        pass
+
+
+class _Protocol(HeaderTimeoutMixin, _Base):
+    header_timeout_s = 10.0
+
+
+class _Transport:
+    closed = False
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _Cycle:
+    response_complete = False
+
+
+def _connected() -> tuple[_FakeLoop, _Protocol, _Transport]:
+    loop = _FakeLoop()
+    protocol = _Protocol()
+    protocol.loop = loop  # type: ignore[assignment]
+    transport = _Transport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    return loop, protocol, transport
+
+
+def test_keep_alive_requests_arm_no_timer_each_and_the_header_deadline_still_holds() -> None:
+    loop, protocol, transport = _connected()
+    for _ in range(1000):  # 1000 quick requests on one connection, 1 ms each
+        loop.advance(0.0005)
+        cycle = _Cycle()
+        protocol.cycle = cycle  # headers complete
+        loop.advance(0.0005)
+        cycle.response_complete = True
+        protocol.on_response_complete()
+    assert loop.armed == 1 and not transport.closed
+    loop.advance(9.9)  # the first timer fires at 10 s: the deadline moved, so it waits for the new one
+    assert loop.armed == 2 and not transport.closed
+    loop.advance(0.2)  # 10 s after the last response, no headers: closed
+    assert transport.closed
+
+
+def test_a_request_in_progress_is_not_closed_and_its_response_arms_the_deadline_again() -> None:
+    loop, protocol, transport = _connected()
+    cycle = _Cycle()
+    protocol.cycle = cycle
+    loop.advance(30)  # a slow request: the timer lapses, the connection stays
+    assert not transport.closed and not loop.timers
+    cycle.response_complete = True
+    protocol.on_response_complete()
+    loop.advance(9.9)
+    assert not transport.closed
+    loop.advance(0.2)
+    assert transport.closed
