@@ -1,5 +1,5 @@
 """The lean request edge, in-process: bodies read without a timer when complete, the body timeout when not,
-and the header deadline without a timer per request."""
+the header deadline without a timer per request, and the direct route of the hot path."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ import json
 from typing import Any
 
 import pytest
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
 
+from service.api.common import DirectRoute
 from service.metrics import Metrics
 from service.middleware import CLIENT_GONE_KEY, BodyReader, receive_now
 from service.protocol import HeaderTimeoutMixin
@@ -240,3 +243,17 @@ def test_a_request_in_progress_is_not_closed_and_its_response_arms_the_deadline_
     assert not transport.closed
     loop.advance(0.2)
     assert transport.closed
+
+
+def test_a_direct_route_takes_only_the_request() -> None:
+    async def direct(request: Request) -> JSONResponse:
+        return JSONResponse({})
+
+    async def with_query(request: Request, q: int = 0) -> JSONResponse:
+        return JSONResponse({})
+
+    router = APIRouter()
+    router.add_api_route("/direct", direct, methods=["POST"], route_class_override=DirectRoute)
+    assert router.routes[-1].get_route_handler() is direct  # type: ignore[attr-defined]
+    with pytest.raises(TypeError, match="takes only the Request"):
+        router.add_api_route("/query", with_query, methods=["POST"], route_class_override=DirectRoute)
