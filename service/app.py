@@ -20,7 +20,7 @@ from service.api import health, native, openapi, v2
 from service.dataplane import DataPlane
 from service.errors import install_error_handlers
 from service.metrics import Metrics
-from service.middleware import MetricsMiddleware, RequestBodyMiddleware, RequestContextMiddleware
+from service.middleware import BodyReader, RequestBodyMiddleware, RequestEdgeMiddleware
 from service.pipelines.registry import discover
 from service.registry import ModelRegistry, ServedModels
 from service.security import ApiKeyMiddleware, KeySet, RateLimitMiddleware, token_buckets
@@ -66,13 +66,15 @@ def create_app(
     # The last added is the outermost. At request time: request id and the 500 handler, metrics (they see
     # every answer), CORS (its headers on every answer, preflights answered before auth), API keys, rate
     # limit, then the body is read (so nobody unauthorised or over their rate makes the server buffer one).
-    app.add_middleware(
-        RequestBodyMiddleware, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s, metrics=metrics
-    )
+    # Without CORS, keys and rate limit, one layer does it all (service.middleware: layers cost per request).
+    body = BodyReader(settings.max_body_bytes, settings.body_timeout_s, metrics)
+    keys = KeySet.load(settings.api_keys, settings.api_keys_file)
+    inner_layers = settings.rate_limit_per_s > 0 or bool(keys) or bool(settings.cors_origins)
+    if inner_layers:
+        app.add_middleware(RequestBodyMiddleware, reader=body)
     if settings.rate_limit_per_s > 0:
         burst = settings.rate_limit_burst or max(1, round(settings.rate_limit_per_s))
         app.add_middleware(RateLimitMiddleware, buckets=token_buckets("rate", settings.rate_limit_per_s, burst))
-    keys = KeySet.load(settings.api_keys, settings.api_keys_file)
     if keys:
         app.add_middleware(ApiKeyMiddleware, keys=keys, metrics_auth=settings.metrics_auth)
     if settings.cors_origins:
@@ -84,6 +86,11 @@ def create_app(
             expose_headers=["X-Request-ID", "Retry-After", "Inference-Header-Content-Length"],
         )
     route_tasks = {pipeline.wire.native_path: task for task, pipeline in tasks.items()}
-    app.add_middleware(MetricsMiddleware, metrics=metrics, registry=registry, route_tasks=route_tasks)
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(
+        RequestEdgeMiddleware,
+        metrics=metrics,
+        registry=registry,
+        route_tasks=route_tasks,
+        body=None if inner_layers else body,
+    )
     return app

@@ -52,6 +52,7 @@ class DataPlane:
         rate = settings.cost_per_s_per_client
         # The bucket holds at least one largest request, so any admissible request can eventually run.
         self.budgets = token_buckets("cost", rate, max(settings.max_request_cost, round(rate))) if rate > 0 else None
+        self._inflight: dict[tuple[str, str], Any] = {}  # model labels -> gauge child (``labels()`` is dear)
 
     def admit(self, model: ServedModel, n_texts: int, params: BaseModel, client: str | None) -> None:
         """Admission by cost: one request over ``max_request_cost`` gets 413, a client over its budget 429.
@@ -112,7 +113,9 @@ class DataPlane:
         self.admit(model, len(texts), params, client)
         if self.registry.stopping:
             raise ShuttingDown("the server is shutting down")
-        inflight = self.metrics.inflight_requests.labels(*model.labels)
+        inflight = self._inflight.get(model.labels)
+        if inflight is None:
+            inflight = self._inflight[model.labels] = self.metrics.inflight_requests.labels(*model.labels)
         inflight.inc()
         try:
             items = model.pipeline.preprocess(texts, params)

@@ -123,5 +123,5 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return error_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
 
-    # Anything else is a bug: service.middleware.RequestContextMiddleware logs it once with its request id
+    # Anything else is a bug: service.middleware.RequestEdgeMiddleware logs it once with its request id
     # and answers 500 with that id (never the exception's name or text).

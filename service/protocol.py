@@ -18,8 +18,18 @@ log = logging.getLogger(__name__)
 
 
 class HeaderTimeoutMixin:
+    """The header deadline of a connection, kept without a timer per request.
+
+    Each request would otherwise start a timer (after the previous response) and cancel it (headers
+    complete): two event-loop timer operations per request, as dear as a middleware layer. Instead a
+    request only writes its deadline (``None`` once its headers are complete); the one timer of the
+    connection looks at it when it fires and re-arms itself for a deadline that moved, or lapses while a
+    request is being served (the next response arms it again).
+    """
+
     header_timeout_s: float = 10.0
     _header_timer: asyncio.TimerHandle | None = None
+    _header_deadline: float | None = None
     transport: asyncio.Transport
     loop: asyncio.AbstractEventLoop
 
@@ -31,19 +41,27 @@ class HeaderTimeoutMixin:
     def cycle(self, value: Any) -> None:
         self.__dict__["_cycle"] = value
         if value is not None:  # a request's headers are complete
-            self._stop_header_timer()
+            self._header_deadline = None
 
     def _start_header_timer(self) -> None:
-        self._stop_header_timer()
-        self._header_timer = self.loop.call_later(self.header_timeout_s, self._header_timeout)
+        self._header_deadline = deadline = self.loop.time() + self.header_timeout_s
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_at(deadline, self._header_timeout)
 
     def _stop_header_timer(self) -> None:
+        self._header_deadline = None
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
 
     def _header_timeout(self) -> None:
         self._header_timer = None
+        deadline = self._header_deadline
+        if deadline is None:
+            return  # headers complete: a request is being served; its response arms the timer again
+        if deadline > self.loop.time():  # a later request's deadline: wait for that one
+            self._header_timer = self.loop.call_at(deadline, self._header_timeout)
+            return
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
             return  # a request is being served (pipelined): its headers arrived

@@ -1,0 +1,259 @@
+"""The lean request edge, in-process: bodies read without a timer when complete, the body timeout when not,
+the header deadline without a timer per request, and the direct route of the hot path."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from service.api.common import DirectRoute
+from service.metrics import Metrics
+from service.middleware import CLIENT_GONE_KEY, BodyReader, receive_now
+from service.protocol import HeaderTimeoutMixin
+
+
+def _scope(headers: list[tuple[bytes, bytes]] | None = None) -> dict[str, Any]:
+    return {"type": "http", "method": "POST", "path": "/v1/sentiment", "headers": headers or []}
+
+
+class _Sent:
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] = []
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        self.messages.append(message)
+
+    @property
+    def status(self) -> int | None:
+        return next((m["status"] for m in self.messages if m["type"] == "http.response.start"), None)
+
+    def error(self) -> str:
+        return json.loads(b"".join(m.get("body", b"") for m in self.messages[1:]))["error"]
+
+
+def _held(metrics: Metrics) -> float:
+    return metrics.registry.get_sample_value("lstm_serve_request_body_bytes") or 0.0
+
+
+async def test_receive_now_returns_a_ready_message_and_resumes_a_waiting_one() -> None:
+    async def ready() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"x"}
+
+    assert receive_now(ready) == ({"type": "http.request", "body": b"x"}, None)
+
+    arrived = asyncio.get_running_loop().create_future()
+
+    async def waiting() -> dict[str, Any]:
+        return await arrived
+
+    message, pending = receive_now(waiting)
+    assert message is None and pending is not None
+    asyncio.get_running_loop().call_later(0.01, arrived.set_result, {"type": "http.request", "body": b"late"})
+    assert await pending == {"type": "http.request", "body": b"late"}
+
+
+async def test_a_waiting_receive_is_cancelled_into_the_coroutine_by_the_timeout() -> None:
+    cancelled = []
+
+    async def never() -> dict[str, Any]:
+        try:
+            await asyncio.get_running_loop().create_future()
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+        raise AssertionError("unreachable")
+
+    _, pending = receive_now(never)
+    assert pending is not None
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.02):
+            await pending
+    assert cancelled == [True]
+
+
+async def test_a_body_complete_on_arrival_is_read_without_touching_the_gauge() -> None:
+    metrics = Metrics()
+    reader = BodyReader(max_bytes=100, timeout_s=5, metrics=metrics)
+    seen = []
+    metrics.request_body_bytes.inc = lambda amount=1: seen.append(amount)  # type: ignore[method-assign]
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b'{"texts": ["a"]}', "more_body": False}
+
+    send = _Sent()
+    assert await reader.read(_scope(), receive, send) == b'{"texts": ["a"]}'
+    assert send.messages == [] and seen == []
+
+
+async def test_an_over_long_body_without_a_length_gets_413() -> None:
+    reader = BodyReader(max_bytes=4, timeout_s=5, metrics=Metrics())
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"12345", "more_body": False}
+
+    send = _Sent()
+    assert await reader.read(_scope(), receive, send) is None
+    assert send.status == 413 and "over 4 bytes" in send.error()
+
+
+async def test_a_body_in_late_chunks_is_joined_and_the_gauge_falls_back() -> None:
+    metrics = Metrics()
+    reader = BodyReader(max_bytes=100, timeout_s=5, metrics=metrics)
+    chunks = [b"ab", b"cd", b"ef"]
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.sleep(0.005)
+        chunk = chunks.pop(0)
+        return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
+
+    assert await reader.read(_scope(), receive, _Sent()) == b"abcdef"
+    assert _held(metrics) == 0
+
+
+async def test_a_stalled_body_gets_408_whether_the_first_or_a_later_message_stalls() -> None:
+    for first in (None, {"type": "http.request", "body": b"ab", "more_body": True}):
+        metrics = Metrics()
+        reader = BodyReader(max_bytes=100, timeout_s=0.05, metrics=metrics)
+        given = [first] if first else []
+
+        async def receive(given: list[dict[str, Any]] = given) -> dict[str, Any]:
+            if given:
+                return given.pop()
+            await asyncio.get_running_loop().create_future()  # never completes
+            raise AssertionError("unreachable")
+
+        send = _Sent()
+        assert await reader.read(_scope(), receive, send) is None
+        assert send.status == 408 and "within 0.05s" in send.error()
+        assert (b"connection", b"close") in send.messages[0]["headers"]
+        assert _held(metrics) == 0
+
+
+async def test_a_client_leaving_mid_upload_is_marked_gone() -> None:
+    reader = BodyReader(max_bytes=100, timeout_s=5, metrics=Metrics())
+    messages = [{"type": "http.request", "body": b"ab", "more_body": True}, {"type": "http.disconnect"}]
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    scope, send = _scope(), _Sent()
+    assert await reader.read(scope, receive, send) is None
+    assert scope[CLIENT_GONE_KEY] is True and send.messages == []
+
+
+class _FakeLoop:
+    """Just enough of an event loop for the header deadline: a clock and counted timers."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.timers: list[tuple[float, Any]] = []
+        self.armed = 0
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback: Any) -> Any:
+        self.armed += 1
+        loop = self
+
+        class Handle:
+            def cancel(self) -> None:
+                loop.timers = [t for t in loop.timers if t[1] is not self]
+
+        handle = Handle()
+        self.timers.append((when, handle, callback))  # type: ignore[arg-type]
+        return handle
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        due = [t for t in self.timers if t[0] <= self.now]
+        self.timers = [t for t in self.timers if t[0] > self.now]
+        for _, _, callback in due:  # type: ignore[misc]
+            callback()
+
+
+class _Base:
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def on_response_complete(self) -> None:
+        pass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        pass
+
+
+class _Protocol(HeaderTimeoutMixin, _Base):
+    header_timeout_s = 10.0
+
+
+class _Transport:
+    closed = False
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _Cycle:
+    response_complete = False
+
+
+def _connected() -> tuple[_FakeLoop, _Protocol, _Transport]:
+    loop = _FakeLoop()
+    protocol = _Protocol()
+    protocol.loop = loop  # type: ignore[assignment]
+    transport = _Transport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    return loop, protocol, transport
+
+
+def test_keep_alive_requests_arm_no_timer_each_and_the_header_deadline_still_holds() -> None:
+    loop, protocol, transport = _connected()
+    for _ in range(1000):  # 1000 quick requests on one connection, 1 ms each
+        loop.advance(0.0005)
+        cycle = _Cycle()
+        protocol.cycle = cycle  # headers complete
+        loop.advance(0.0005)
+        cycle.response_complete = True
+        protocol.on_response_complete()
+    assert loop.armed == 1 and not transport.closed
+    loop.advance(9.9)  # the first timer fires at 10 s: the deadline moved, so it waits for the new one
+    assert loop.armed == 2 and not transport.closed
+    loop.advance(0.2)  # 10 s after the last response, no headers: closed
+    assert transport.closed
+
+
+def test_a_request_in_progress_is_not_closed_and_its_response_arms_the_deadline_again() -> None:
+    loop, protocol, transport = _connected()
+    cycle = _Cycle()
+    protocol.cycle = cycle
+    loop.advance(30)  # a slow request: the timer lapses, the connection stays
+    assert not transport.closed and not loop.timers
+    cycle.response_complete = True
+    protocol.on_response_complete()
+    loop.advance(9.9)
+    assert not transport.closed
+    loop.advance(0.2)
+    assert transport.closed
+
+
+def test_a_direct_route_takes_only_the_request() -> None:
+    async def direct(request: Request) -> JSONResponse:
+        return JSONResponse({})
+
+    async def with_query(request: Request, q: int = 0) -> JSONResponse:
+        return JSONResponse({})
+
+    router = APIRouter()
+    router.add_api_route("/direct", direct, methods=["POST"], route_class_override=DirectRoute)
+    assert router.routes[-1].get_route_handler() is direct  # type: ignore[attr-defined]
+    with pytest.raises(TypeError, match="takes only the Request"):
+        router.add_api_route("/query", with_query, methods=["POST"], route_class_override=DirectRoute)
