@@ -46,17 +46,23 @@ class SharedTokenBuckets:
         self._tokens = np.ndarray((n,), dtype=np.float64, buffer=shm.buf, offset=8 * n)
         self._at = np.ndarray((n,), dtype=np.float64, buffer=shm.buf, offset=16 * n)
         self._lock_fd: int | None = None  # opened in the process that takes (flock is per open file)
+        self.purpose = ""
 
     @classmethod
     def create(cls, purpose: str, workdir: Path, slots: int = DEFAULT_SLOTS) -> SharedTokenBuckets:
-        """The supervisor's table for ``purpose``, named in ``os.environ`` for the children it spawns."""
+        """The supervisor's table for ``purpose``; ``env`` names it for the children it spawns."""
         shm = shared_memory.SharedMemory(create=True, size=24 * (slots + PROBE))
         lock_path = workdir / f"buckets-{purpose}.lock"
         lock_path.touch()
         table = cls(shm, slots, lock_path, rate=1.0, burst=1)
         table._keys[:] = 0
-        os.environ[ENV_PREFIX + purpose.upper()] = f"{shm.name}:{slots}:{lock_path}"
+        table.purpose = purpose
         return table
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment entry through which a child finds this table (``from_env``)."""
+        return {ENV_PREFIX + self.purpose.upper(): f"{self._shm.name}:{self.slots}:{self.lock_path}"}
 
     @classmethod
     def from_env(cls, purpose: str, rate: float, burst: int) -> SharedTokenBuckets | None:

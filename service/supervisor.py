@@ -107,6 +107,8 @@ class Supervisor:
         # Rate limits and cost budgets hold for the server, not per front end: one shared table each.
         limits = [("rate", self.settings.rate_limit_per_s), ("cost", self.settings.cost_per_s_per_client)]
         self.buckets = [SharedTokenBuckets.create(purpose, workdir) for purpose, rate in limits if rate > 0]
+        for buckets in self.buckets:
+            os.environ.update(buckets.env)  # children inherit it at spawn
         listener = self._bind()
         paths = [str(workdir / f"inference-{i}.sock") for i in range(len(self.layout.devices))]
         for i, device in enumerate(self.layout.devices):

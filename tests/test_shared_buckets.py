@@ -20,9 +20,9 @@ from service.shared_buckets import ENV_PREFIX, PROBE, SharedTokenBuckets, client
 
 @pytest.fixture
 def table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.delenv(ENV_PREFIX + "RATE", raising=False)
     owner = SharedTokenBuckets.create("rate", tmp_path, slots=1024)
-    monkeypatch.setenv(ENV_PREFIX + "RATE", os.environ[ENV_PREFIX + "RATE"])  # undone after the test
+    for name, value in owner.env.items():
+        monkeypatch.setenv(name, value)  # as the supervisor does for its children; undone after the test
     yield owner
     owner.close(unlink=True)
 
@@ -70,7 +70,7 @@ def test_a_full_neighbourhood_forgets_the_client_seen_longest_ago(tmp_path: Path
         assert tiny.take(clients[0], now=8.6) > 0  # remembered: still empty
     finally:
         tiny.close(unlink=True)
-        os.environ.pop(ENV_PREFIX + "TINY", None)
+    assert ENV_PREFIX + "TINY" not in os.environ  # only the supervisor names a table to its children
 
 
 def test_keys_are_stable_across_processes() -> None:
