@@ -192,7 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     answers: dict = {}
     try:
         servers[BASE] = launch_baseline(args.baseline_dir.resolve(), args.baseline_cmd, log_dir)
-        servers[NEW] = launch_server({}, log_dir)
+        # fp32: the baseline's graphs (the same files); on CPU ``auto`` would serve the int8 variant
+        servers[NEW] = launch_server({"precision": "fp32"}, log_dir)
         if not args.skip_answers:
             answers = compare_answers(servers[BASE].url, servers[NEW].url, texts, references, folder)
         for beam, c in args.runs:

@@ -52,6 +52,7 @@ class Sentence:
     _offset: int = field(default=-1, repr=False)  # first row in the last step's rows (-1: not stepped yet)
     _history: Any = field(default=None, repr=False)  # greedy: token list; beam: [beam, tokens so far]
     _finished: list[tuple[float, list[int]]] = field(default_factory=list, repr=False)
+    _queued_at: int = field(default=0, repr=False)  # the scheduler's step count when it was added
 
     @property
     def rows(self) -> int:
@@ -109,9 +110,28 @@ _EMPTY = np.zeros(0, dtype=np.int64)
 
 
 class DecodeScheduler:
-    def __init__(self, backend: StepBackend, *, max_rows: int, max_positions: int, bos: int, eos: int) -> None:
-        if max_rows < 1 or max_positions < 1:
-            raise ValueError("max_rows and max_positions must be at least 1")
+    def __init__(
+        self,
+        backend: StepBackend,
+        *,
+        max_rows: int,
+        max_positions: int,
+        bos: int,
+        eos: int,
+        lazy_retire: bool = False,
+        admit_wait_steps: int = 0,
+    ) -> None:
+        """``lazy_retire``: a finished sentence is answered at once but its rows stay in the running set
+        (decoded and ignored) until the next admission or until such rows are a quarter of the set: the
+        row re-layout a departure costs (a gather of every row's encoder outputs) is paid once for many.
+        ``admit_wait_steps``: while sentences are decoding, newcomers join once the oldest has waited
+        this many steps or they bring a quarter of the live rows, so the encoder runs on several at
+        once. Both trade a few steps of latency for throughput; 0/False is join-and-leave at every step.
+        """
+        if max_rows < 1 or max_positions < 1 or admit_wait_steps < 0:
+            raise ValueError("max_rows and max_positions must be at least 1, admit_wait_steps at least 0")
+        self.lazy_retire, self.admit_wait_steps = lazy_retire, admit_wait_steps
+        self._steps = 0
         self.backend = backend
         backend.reset()  # rows are the scheduler's: whatever an earlier scheduler left there is not
         self.max_rows, self.max_positions = max_rows, max_positions
@@ -130,6 +150,7 @@ class DecodeScheduler:
     def add(self, sentence: Sentence) -> None:
         if sentence.beam_size < 1 or sentence.max_length < 1 or sentence.length < 1:
             raise ValueError(f"bad sentence settings: {sentence!r}")
+        sentence._queued_at = self._steps
         self.pending.append(sentence)
 
     @property
@@ -138,13 +159,24 @@ class DecodeScheduler:
 
     @property
     def rows(self) -> int:
+        """Rows the running set holds, finished sentences' rows not yet retired included."""
         return sum(s.rows for s in self.live)
+
+    def _retire(self) -> None:
+        """Drop finished sentences' rows from the running set (the next step re-lays the rows out)."""
+        if any(s.result is not None for s in self.live):
+            self.live = [s for s in self.live if s.result is None]
+            self._changed = True
 
     # ---- one step ---------------------------------------------------------------------------------
 
     def step(self, is_dead: Callable[[Sentence], bool] | None = None) -> StepReport:
+        self._steps += 1
         dropped = self._drop(is_dead) if is_dead is not None else []
         admitted = self._admit()
+        spent = sum(s.rows for s in self.live if s.result is not None)
+        if spent and (4 * spent >= self.rows or spent == self.rows):
+            self._retire()
         if not self.live:
             if self._last_rows:
                 self.backend.reset()  # nothing carries over: the next sentences start a fresh set of rows
@@ -164,6 +196,9 @@ class DecodeScheduler:
         offset = 0
         for sentence in self.live:
             sentence._offset = offset
+            if sentence.result is not None:  # finished earlier, rows not retired yet (lazy_retire)
+                offset += sentence.rows
+                continue
             if sentence.beam_size == 1:
                 self._greedy(sentence, int(self._next_prev[offset]))
             else:
@@ -174,9 +209,8 @@ class DecodeScheduler:
                 finished.append(sentence)
         self._last_rows = n
         stepped = len(self.live)
-        if finished:
-            self.live = [s for s in self.live if s.result is None]
-            self._changed = True
+        if finished and not self.lazy_retire:
+            self._retire()
         return StepReport(finished, dropped, admitted, self.rows, n, stepped)
 
     def reset(self) -> list[Sentence]:
@@ -190,7 +224,7 @@ class DecodeScheduler:
     # ---- admission and layout ---------------------------------------------------------------------
 
     def _drop(self, is_dead: Callable[[Sentence], bool]) -> list[Sentence]:
-        dropped = [s for s in self.live if is_dead(s)]
+        dropped = [s for s in self.live if s.result is None and is_dead(s)]  # the finished are answered
         if dropped:
             gone = {id(s) for s in dropped}
             self.live = [s for s in self.live if id(s) not in gone]
@@ -203,6 +237,15 @@ class DecodeScheduler:
         return dropped
 
     def _admit(self) -> list[Sentence]:
+        if not self.pending:
+            return []
+        decoding = [s for s in self.live if s.result is None]
+        if decoding and self.admit_wait_steps:
+            waited = self._steps - self.pending[0]._queued_at
+            bringing = sum(s.rows for s in self.pending)
+            if waited < self.admit_wait_steps and 4 * bringing < sum(s.rows for s in decoding):
+                return []
+        self._retire()  # rows change anyway: finished sentences' rows go with this re-layout
         rows = self.rows
         width = max((s.length for s in self.live), default=0)
         admitted = []

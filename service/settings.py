@@ -84,6 +84,12 @@ class Settings(BaseSettings):
     decode_max_positions: int = Field(
         8192, ge=1, description="continuous decoding: most rows × padded source positions in the running set"
     )
+    decode_lazy_retire: bool = Field(
+        True, description="continuous decoding: finished rows leave with the next re-layout, not at once"
+    )
+    decode_admit_wait_steps: int = Field(
+        4, ge=0, description="continuous decoding: newcomers may wait up to this many steps to join together"
+    )
     request_timeout_s: float = Field(10.0, gt=0, description="per-request deadline; past it: 504")
     max_texts_per_request: int = Field(64, ge=1, description="most texts in one request")
     max_text_chars: int = Field(2000, ge=1, description="most characters in one text")

@@ -205,3 +205,39 @@ def test_a_new_scheduler_on_a_used_backend_starts_fresh() -> None:
     batch = sentences(3, seed=10)
     run_all(second, {0: batch})
     check(batch)
+
+
+@pytest.mark.parametrize(("lazy_retire", "admit_wait_steps"), [(True, 0), (False, 3), (True, 3)])
+def test_lazy_retirement_and_grouped_admission_keep_every_answer(lazy_retire: bool, admit_wait_steps: int) -> None:
+    """Finished rows linger (decoded, ignored) and newcomers wait a few steps, yet every sentence gets
+    its answer alone, is answered the step it finishes, and waits at most ``admit_wait_steps`` to join."""
+    batch = sentences(40, seed=5)
+    arrivals = {t: batch[i : i + 2] for i, t in zip(range(0, 40, 2), range(0, 60, 3), strict=True)}
+    sched = DecodeScheduler(
+        HostRows(toy_encode, toy_decode),
+        max_rows=1000,
+        max_positions=100_000,
+        bos=BOS,
+        eos=EOS,
+        lazy_retire=lazy_retire,
+        admit_wait_steps=admit_wait_steps,
+    )
+    joined, done, reports, t = {}, {}, [], 0
+    while not sched.idle or any(k >= t for k in arrivals):
+        for s in arrivals.get(t, []):
+            sched.add(s)
+        report = sched.step()
+        reports.append(report)
+        joined.update({id(s): t for s in report.admitted})
+        done.update({id(s): t for s in report.finished})
+        t += 1
+    check(batch)
+    for t_arrive, group in ((t, arrivals[t]) for t in arrivals):
+        for s in group:
+            assert joined[id(s)] - t_arrive <= admit_wait_steps
+            assert done[id(s)] == joined[id(s)] + s.steps - 1  # answered the step it finished
+    work = sum(s.steps * s.beam_size for s in batch)  # rows the sentences themselves needed
+    if lazy_retire:  # some steps also ran finished rows instead of re-laying the set out at once
+        assert sum(r.stepped_rows for r in reports) > work
+    else:
+        assert sum(r.stepped_rows for r in reports) == work

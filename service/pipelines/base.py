@@ -178,8 +178,12 @@ class Pipeline(ABC, Generic[ParamsT]):
             self.run_batch(batch)
         return len(batches)
 
-    def step_decoding(self, max_rows: int, max_positions: int) -> StepDecoding | None:
-        """Step-level batching for this pipeline, bounded as given, or None (the default): batcher rounds."""
+    def step_decoding(
+        self, max_rows: int, max_positions: int, *, lazy_retire: bool = False, admit_wait_steps: int = 0
+    ) -> StepDecoding | None:
+        """Step-level batching for this pipeline, bounded as given, or None (the default): batcher rounds.
+
+        ``lazy_retire`` and ``admit_wait_steps``: ``lstm_core.decode_scheduler.DecodeScheduler``'s policy."""
         return None
 
     def close(self) -> None:

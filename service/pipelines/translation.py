@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -88,11 +89,15 @@ class TranslationPipeline(Pipeline[TranslateParams]):
         hyps = self.model.search([item.data for item in items], beam, max_length, alpha)
         return self.target.decode_batch(hyps, skip_special_tokens=True)
 
-    def step_decoding(self, max_rows: int, max_positions: int) -> TranslationSteps | None:
+    def step_decoding(
+        self, max_rows: int, max_positions: int, *, lazy_retire: bool = False, admit_wait_steps: int = 0
+    ) -> TranslationSteps | None:
         """Step-level decoding through ``rows.onnx`` and ``topk.onnx``; None for a folder without them."""
         if not all((self.folder / f).is_file() and f in self.card.files for f in (ROWS_FILE, TOPK_FILE)):
             return None
-        return TranslationSteps(self, max_rows, max_positions)
+        steps = TranslationSteps(self, max_rows, max_positions)
+        steps.policy = {"lazy_retire": lazy_retire, "admit_wait_steps": admit_wait_steps}
+        return steps
 
     def v2_columns(self, results: Sequence[str]) -> dict[str, np.ndarray]:
         return {"translation": bytes_column(results)}
@@ -128,6 +133,7 @@ class TranslationSteps:
         runtime = pipeline.runtime
         self.pipeline = pipeline
         self.max_rows, self.max_positions = max_rows, max_positions
+        self.policy: dict[str, Any] = {}  # DecodeScheduler's lazy_retire / admit_wait_steps
         self.device = Device(runtime.device, runtime.options.cuda_device_id if runtime.device == "cuda" else 0)
         self.rows = DeviceRows(
             pipeline.model.encoder,
@@ -139,7 +145,12 @@ class TranslationSteps:
 
     def scheduler(self) -> DecodeScheduler:
         return DecodeScheduler(
-            self.rows, max_rows=self.max_rows, max_positions=self.max_positions, bos=BOS_ID, eos=EOS_ID
+            self.rows,
+            max_rows=self.max_rows,
+            max_positions=self.max_positions,
+            bos=BOS_ID,
+            eos=EOS_ID,
+            **self.policy,
         )
 
     def sentence(self, item: Item, tag: object = None) -> Sentence:
