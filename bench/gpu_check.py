@@ -50,10 +50,11 @@ from bench.load import ClientProcesses, Run, _summary, closed_loop, load_texts
 from bench.servers import REPO_ROOT, ServerHandle, launch_server, process_tree
 from bench.translation import latest_version
 from models.datasets import read_lines
+from service.settings import CUDA_BATCHING
 
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
-#: Batching settings for the GPU server: a GPU wants far larger batches than the CPU defaults (32).
-GPU_SERVER_SETTINGS = {"max_batch_size": 256, "max_batch_tokens": 65536, "max_queue_items": 16384}
+#: Batching settings for the GPU server: the service's own CUDA defaults, named so that every run says them.
+GPU_SERVER_SETTINGS = dict(CUDA_BATCHING)
 
 
 #: GPU vs CPU sentiment probabilities: the H200 run (2026-11-26) differed by up to 4.0e-4 on 4,096 SST-2

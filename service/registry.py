@@ -27,7 +27,7 @@ from service.metrics import Metrics
 from service.pipelines.base import NotCalibrated, Pipeline
 from service.pipelines.registry import pipeline_class
 from service.repository import scan
-from service.runtime import ProviderUnavailable, Runtime, VariantUnavailable
+from service.runtime import CUDA, ProviderUnavailable, Runtime, VariantUnavailable
 from service.settings import BatchingSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -239,7 +239,9 @@ class ModelRegistry(ServedModels):
         if problem:
             raise WireMismatch(problem)
         pipeline = await asyncio.to_thread(cls, card, folder, self.runtime)
-        batching = self.settings.batching_for(card.serving)
+        batching = self.settings.batching_for(
+            card.serving, cuda=self.runtime is not None and self.runtime.provider == CUDA
+        )
         variant = pipeline.variant
         # The cost model export measured on the served variant (fp32: the card's), until warm-up measures it here.
         cost_model = CostModel.from_card(variant.serving if variant.precision != "fp32" else card.serving) or UNMEASURED

@@ -28,6 +28,12 @@ ENV_PREFIX = "LSTM_SERVE_"
 CONFIG_FILE_ENV = "LSTM_SERVE_CONFIG_FILE"
 
 
+#: Batching defaults on a GPU, where one run of 256 sequences costs about what one of 32 does (H200:
+#: 605,000 sequences/s at batch 2,048 against 23,000 at 32, docs/benchmarks.md): the model card's
+#: ``serving`` block and the operator's own settings still win over these.
+CUDA_BATCHING = {"max_batch_size": 256, "max_batch_tokens": 65536, "max_queue_items": 16384}
+
+
 class BatchingSettings(BaseModel):
     """The batching knobs of one model version (global settings, then ``model.json`` ``serving``)."""
 
@@ -64,8 +70,12 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(1, ge=0, description="onnxruntime intra-op threads per session (0 = ORT picks)")
     inter_op_threads: int = Field(1, ge=0, description="onnxruntime inter-op threads per session")
     graph_optimization: GraphOptimization = Field("all", description="onnxruntime graph optimisation level")
-    max_batch_size: int = Field(32, ge=1, description="most items (texts) in one batch; 1 = no batching")
-    max_batch_tokens: int = Field(8192, ge=1, description="most padded tokens (items × longest) in one batch")
+    max_batch_size: int = Field(
+        32, ge=1, description="most items (texts) in one batch; 1 = no batching (CUDA: 256 unless set)"
+    )
+    max_batch_tokens: int = Field(
+        8192, ge=1, description="most padded tokens (items × longest) in one batch (CUDA: 65536 unless set)"
+    )
     max_delay_ms: float = Field(
         2.0, ge=0, description="most extra wait for a batch to fill, only while under concurrency"
     )
@@ -75,7 +85,9 @@ class Settings(BaseSettings):
         le=1,
         description="most padding share in one batch: queued items are cut into length groups to stay under it",
     )
-    max_queue_items: int = Field(2048, ge=1, description="queued items per model before 503 + Retry-After")
+    max_queue_items: int = Field(
+        2048, ge=1, description="queued items per model before 503 + Retry-After (CUDA: 16384 unless set)"
+    )
     decode_mode: Literal["continuous", "rounds"] = Field(
         "continuous",
         description="step-by-step models (translation): continuous = step-level batching, rounds = batcher rounds",
@@ -174,16 +186,21 @@ class Settings(BaseSettings):
             precision=self.precision,
         )
 
-    def batching_for(self, serving: dict[str, Any]) -> BatchingSettings:
-        """Batching knobs for one model: ``model.json`` ``serving`` overrides defaults, not explicit settings.
+    def batching_for(self, serving: dict[str, Any], cuda: bool = False) -> BatchingSettings:
+        """Batching knobs for one model: the operator's settings, else ``model.json`` ``serving``, else the
+        defaults (``CUDA_BATCHING`` on a GPU).
 
         A knob the operator set (env, .env, YAML, or constructor) wins over the model card, so
         ``LSTM_SERVE_MAX_BATCH_SIZE=1`` turns batching off whatever the card says.
         """
         values = {}
         for name in BatchingSettings.model_fields:
-            if name in serving and name not in self.model_fields_set:
+            if name in self.model_fields_set:
+                values[name] = getattr(self, name)
+            elif name in serving:
                 values[name] = serving[name]
+            elif cuda and name in CUDA_BATCHING:
+                values[name] = CUDA_BATCHING[name]
             else:
                 values[name] = getattr(self, name)
         return BatchingSettings(**values)

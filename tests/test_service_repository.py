@@ -70,6 +70,18 @@ def test_settings_env_wins_over_model_card_which_wins_over_defaults(monkeypatch:
     assert Settings().model_versions == {"sentiment": "1"}
 
 
+def test_on_cuda_the_batching_defaults_are_the_gpu_ones_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Operator > model card > provider default: a GPU gets batches of 256 unless someone said otherwise."""
+    on_gpu = Settings().batching_for({}, cuda=True)
+    assert (on_gpu.max_batch_size, on_gpu.max_batch_tokens, on_gpu.max_queue_items) == (256, 65536, 16384)
+    assert on_gpu.max_delay_ms == Settings().max_delay_ms  # not a GPU knob
+    assert Settings().batching_for({}, cuda=False).max_batch_size == 32
+    assert Settings().batching_for({"max_batch_size": 64}, cuda=True).max_batch_size == 64  # the card's
+    monkeypatch.setenv("LSTM_SERVE_MAX_BATCH_SIZE", "8")
+    assert Settings().batching_for({"max_batch_size": 64}, cuda=True).max_batch_size == 8  # the operator's
+    assert Settings().batching_for({}, cuda=True).max_queue_items == 16384  # the knobs left unset stay GPU ones
+
+
 def test_yaml_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "serve.yaml"
     config.write_text("max_batch_size: 8\nrequest_timeout_s: 2.5\n")
