@@ -270,7 +270,11 @@ class ModelRegistry(ServedModels):
     ) -> Batcher | ContinuousBatcher:
         """Step-level batching where the pipeline offers it and ``decode_mode`` is continuous, else rounds."""
         s = self.settings
-        policy = {"lazy_retire": s.decode_lazy_retire, "admit_wait_steps": s.decode_admit_wait_steps}
+        policy = {
+            "lazy_retire": s.decode_lazy_retire,
+            "admit_wait_steps": s.decode_admit_wait_steps,
+            "threads": s.decode_threads(),
+        }
         engine = (
             pipeline.step_decoding(s.decode_max_rows, s.decode_max_positions, **policy)
             if s.decode_mode == "continuous"

@@ -167,10 +167,10 @@ class Runtime:
             return ("cuda", self.options.cuda_device_id)
         return ("cpu", 0) if self.options.io_binding else None
 
-    def session_options(self) -> ort.SessionOptions:
+    def session_options(self, intra_op_threads: int | None = None) -> ort.SessionOptions:
         so = ort.SessionOptions()
         so.graph_optimization_level = _OPT_LEVELS[self.options.graph_optimization]
-        so.intra_op_num_threads = self.options.intra_op_threads
+        so.intra_op_num_threads = self.options.intra_op_threads if intra_op_threads is None else intra_op_threads
         so.inter_op_num_threads = self.options.inter_op_threads
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         # Spinning threads burn the cores the event loop and tokenizer need between batches.
@@ -179,13 +179,16 @@ class Runtime:
         so.log_severity_level = 3
         return so
 
-    def session(self, path: Path) -> ort.InferenceSession:
-        """A session for one ONNX file on this runtime's provider (CPU as the fallback after CUDA)."""
+    def session(self, path: Path, intra_op_threads: int | None = None) -> ort.InferenceSession:
+        """A session for one ONNX file on this runtime's provider (CPU as the fallback after CUDA).
+
+        ``intra_op_threads`` overrides the runtime's for this session (step-level decoding's own)."""
         if self.provider == CUDA:
             providers: list = [(CUDA, {"device_id": self.options.cuda_device_id}), CPU]
         else:
             providers = [CPU]
-        sess = ort.InferenceSession(str(path), sess_options=self.session_options(), providers=providers)
+        options = self.session_options(intra_op_threads)
+        sess = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         used = sess.get_providers()[0]
         if used != self.provider:
             # onnxruntime-gpu can be installed where no usable GPU or CUDA library is: it then falls back.

@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     decode_admit_wait_steps: int = Field(
         4, ge=0, description="continuous decoding: newcomers may wait up to this many steps to join together"
     )
+    decode_intra_op_threads: int = Field(
+        0, ge=0, description="continuous decoding: intra-op threads of the decoding sessions (0 = min(2, CPUs))"
+    )
     request_timeout_s: float = Field(10.0, gt=0, description="per-request deadline; past it: 504")
     max_texts_per_request: int = Field(64, ge=1, description="most texts in one request")
     max_text_chars: int = Field(2000, ge=1, description="most characters in one text")
@@ -185,6 +188,14 @@ class Settings(BaseSettings):
             cuda_device_id=self.cuda_device_ids[0] if self.cuda_device_ids else 0,
             precision=self.precision,
         )
+
+    def decode_threads(self) -> int:
+        """Intra-op threads of step-level decoding's sessions: the setting, else two where two CPUs are."""
+        if self.decode_intra_op_threads:
+            return self.decode_intra_op_threads
+        from service.layout import available_cpus  # layout reads Settings: imported here, not at the top
+
+        return min(2, available_cpus())
 
     def batching_for(self, serving: dict[str, Any], cuda: bool = False) -> BatchingSettings:
         """Batching knobs for one model: the operator's settings, else ``model.json`` ``serving``, else the

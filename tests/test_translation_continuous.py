@@ -42,11 +42,16 @@ def test_the_server_decodes_step_by_step(live_server: ServerHandle) -> None:
 def test_a_short_request_sent_while_a_long_one_decodes_finishes_first(start_server) -> None:
     # CPU and fp32, the slower graphs, whatever the machine: on an H200 the long request's steps take about
     # a millisecond, so it ended before the short one could even be sent (seen: 3.9 ms apart).
-    live_server = start_server(precision="fp32", provider="cpu")
+    # One decode thread and no admission wait: this checks that a newcomer overtakes at all; the wait
+    # bound of grouped admission is tests/test_decode_scheduler.py's.
+    live_server = start_server(precision="fp32", provider="cpu", decode_intra_op_threads=1, decode_admit_wait_steps=0)
     finished: dict[str, float] = {}
 
     def long_request() -> None:
-        response = translate(live_server, [LONG] * 8, beam_size=8, max_length=256)
+        # Three sentences in one text: about three times the steps, so the long request still decodes
+        # when the short one arrives, even with a second thread and newcomers waiting up to 4 steps.
+        # 4 × beam 8 = 32 rows of about 128 source positions: the short one fits beside them.
+        response = translate(live_server, [" ".join([LONG] * 3)] * 4, beam_size=8, max_length=256)
         assert response.status_code == 200, response.text
         finished["long"] = time.monotonic()
 

@@ -179,11 +179,18 @@ class Pipeline(ABC, Generic[ParamsT]):
         return len(batches)
 
     def step_decoding(
-        self, max_rows: int, max_positions: int, *, lazy_retire: bool = False, admit_wait_steps: int = 0
+        self,
+        max_rows: int,
+        max_positions: int,
+        *,
+        lazy_retire: bool = False,
+        admit_wait_steps: int = 0,
+        threads: int | None = None,
     ) -> StepDecoding | None:
         """Step-level batching for this pipeline, bounded as given, or None (the default): batcher rounds.
 
-        ``lazy_retire`` and ``admit_wait_steps``: ``lstm_core.decode_scheduler.DecodeScheduler``'s policy."""
+        ``lazy_retire`` and ``admit_wait_steps``: ``lstm_core.decode_scheduler.DecodeScheduler``'s policy;
+        ``threads``: intra-op threads of the decoding sessions (None: the runtime's)."""
         return None
 
     def close(self) -> None:
