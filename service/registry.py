@@ -24,7 +24,7 @@ from service.batching import Batcher
 from service.continuous import ContinuousBatcher
 from service.errors import ModelNotFound, ModelNotReady
 from service.metrics import Metrics
-from service.pipelines.base import NotCalibrated, Pipeline
+from service.pipelines.base import DecodePolicy, NotCalibrated, Pipeline
 from service.pipelines.registry import pipeline_class
 from service.repository import scan
 from service.runtime import CUDA, ProviderUnavailable, Runtime, VariantUnavailable
@@ -270,16 +270,14 @@ class ModelRegistry(ServedModels):
     ) -> Batcher | ContinuousBatcher:
         """Step-level batching where the pipeline offers it and ``decode_mode`` is continuous, else rounds."""
         s = self.settings
-        policy = {
-            "lazy_retire": s.decode_lazy_retire,
-            "admit_wait_steps": s.decode_admit_wait_steps,
-            "threads": s.decode_threads(),
-        }
-        engine = (
-            pipeline.step_decoding(s.decode_max_rows, s.decode_max_positions, **policy)
-            if s.decode_mode == "continuous"
-            else None
+        policy = DecodePolicy(
+            max_rows=s.decode_max_rows,
+            max_positions=s.decode_max_positions,
+            lazy_retire=s.decode_lazy_retire,
+            admit_wait_steps=s.decode_admit_wait_steps,
+            threads=s.decode_threads(),
         )
+        engine = pipeline.step_decoding(policy) if s.decode_mode == "continuous" else None
         if engine is None:
             return Batcher(pipeline, batching, self.metrics, name, version, cost_model)
         if s.warmup:

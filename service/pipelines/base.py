@@ -30,6 +30,21 @@ from lstm_core.tokens import UNK_ID
 from service.runtime import Runtime
 
 
+@dataclass(frozen=True)
+class DecodePolicy:
+    """How step-level decoding runs (the ``decode_*`` settings).
+
+    ``max_rows`` and ``max_positions`` bound the running set; ``lazy_retire`` and ``admit_wait_steps`` are
+    ``lstm_core.decode_scheduler.DecodeScheduler``'s; ``threads``: intra-op threads of the decoding
+    sessions (None: the runtime's)."""
+
+    max_rows: int = 256
+    max_positions: int = 8192
+    lazy_retire: bool = False
+    admit_wait_steps: int = 0
+    threads: int | None = None
+
+
 @dataclass(slots=True)
 class Item:
     """One unit of work for the batcher: one text of one request, already tokenised.
@@ -178,19 +193,8 @@ class Pipeline(ABC, Generic[ParamsT]):
             self.run_batch(batch)
         return len(batches)
 
-    def step_decoding(
-        self,
-        max_rows: int,
-        max_positions: int,
-        *,
-        lazy_retire: bool = False,
-        admit_wait_steps: int = 0,
-        threads: int | None = None,
-    ) -> StepDecoding | None:
-        """Step-level batching for this pipeline, bounded as given, or None (the default): batcher rounds.
-
-        ``lazy_retire`` and ``admit_wait_steps``: ``lstm_core.decode_scheduler.DecodeScheduler``'s policy;
-        ``threads``: intra-op threads of the decoding sessions (None: the runtime's)."""
+    def step_decoding(self, policy: DecodePolicy) -> StepDecoding | None:
+        """Step-level batching for this pipeline, run as ``policy`` says, or None (the default): batcher rounds."""
         return None
 
     def close(self) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -26,7 +25,7 @@ from lstm_core.model_card import ModelCard
 from lstm_core.tokens import BOS_ID, EOS_ID, UNK_ID
 from lstm_core.translation_runtime import COST_PROBE, Device, DeviceRows, Seq2SeqRuntime
 from lstm_core.translation_search import output_limit
-from service.pipelines.base import CostProbe, Item, Pipeline, Wire, bytes_column
+from service.pipelines.base import CostProbe, DecodePolicy, Item, Pipeline, Wire, bytes_column
 from service.pipelines.registry import register_pipeline
 from service.runtime import Runtime
 
@@ -89,21 +88,11 @@ class TranslationPipeline(Pipeline[TranslateParams]):
         hyps = self.model.search([item.data for item in items], beam, max_length, alpha)
         return self.target.decode_batch(hyps, skip_special_tokens=True)
 
-    def step_decoding(
-        self,
-        max_rows: int,
-        max_positions: int,
-        *,
-        lazy_retire: bool = False,
-        admit_wait_steps: int = 0,
-        threads: int | None = None,
-    ) -> TranslationSteps | None:
+    def step_decoding(self, policy: DecodePolicy) -> TranslationSteps | None:
         """Step-level decoding through ``rows.onnx`` and ``topk.onnx``; None for a folder without them."""
         if not all((self.folder / f).is_file() and f in self.card.files for f in (ROWS_FILE, TOPK_FILE)):
             return None
-        steps = TranslationSteps(self, max_rows, max_positions, threads)
-        steps.policy = {"lazy_retire": lazy_retire, "admit_wait_steps": admit_wait_steps}
-        return steps
+        return TranslationSteps(self, policy)
 
     def v2_columns(self, results: Sequence[str]) -> dict[str, np.ndarray]:
         return {"translation": bytes_column(results)}
@@ -135,17 +124,15 @@ class TranslationPipeline(Pipeline[TranslateParams]):
 class TranslationSteps:
     """Step-level decoding of the translation pipeline: its sessions, on the runtime's device."""
 
-    def __init__(
-        self, pipeline: TranslationPipeline, max_rows: int, max_positions: int, threads: int | None = None
-    ) -> None:
-        """``threads``: the decode thread's own sessions get this many intra-op threads. One decoder step
+    def __init__(self, pipeline: TranslationPipeline, policy: DecodePolicy) -> None:
+        """``policy.threads``: the decode thread's own sessions get this many intra-op threads. One decoder step
         over a full running set is one large matrix product, which a second core speeds up (measured
         1.34× at beam 4, c=32 on 2 cores), while sentiment's many small batches lose by it (0.81× with
         32-text requests): so the threads are the decoder's, not the runtime's."""
         runtime = pipeline.runtime
         self.pipeline = pipeline
-        self.max_rows, self.max_positions = max_rows, max_positions
-        self.policy: dict[str, Any] = {}  # DecodeScheduler's lazy_retire / admit_wait_steps
+        self.policy = policy
+        threads = policy.threads
         self.device = Device(runtime.device, runtime.options.cuda_device_id if runtime.device == "cuda" else 0)
         own = threads is not None and threads != runtime.options.intra_op_threads
         encoder, decoder = (
@@ -164,11 +151,12 @@ class TranslationSteps:
     def scheduler(self) -> DecodeScheduler:
         return DecodeScheduler(
             self.rows,
-            max_rows=self.max_rows,
-            max_positions=self.max_positions,
+            max_rows=self.policy.max_rows,
+            max_positions=self.policy.max_positions,
             bos=BOS_ID,
             eos=EOS_ID,
-            **self.policy,
+            lazy_retire=self.policy.lazy_retire,
+            admit_wait_steps=self.policy.admit_wait_steps,
         )
 
     def sentence(self, item: Item, tag: object = None) -> Sentence:
