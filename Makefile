@@ -26,9 +26,15 @@ setup: $(VENV)/.installed
 run: $(VENV)/.installed-serve
 	LSTM_SERVE_HOST=$(HOST) LSTM_SERVE_PORT=$(PORT) $(BIN)/lstm-serve serve
 
+# The server-facing tests once more with two front ends: workers=auto means one process on CI's 2 cores
+# but several on a GPU machine, where per-process rate limits and start-up signals first broke (H200).
+MULTIPROCESS_TESTS = tests/test_hardening.py tests/test_cost_budget.py tests/test_precision.py \
+	tests/test_service_repository.py tests/test_service_api.py
+
 test: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
+	LSTM_SERVE_WORKERS=2 $(BIN)/pytest -q $(MULTIPROCESS_TESTS)
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
