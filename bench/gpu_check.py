@@ -28,7 +28,6 @@ Writes ``<out>.json`` and ``<out>.png`` (default ``bench/results/gpu_check``) an
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
@@ -46,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from bench.client import encode_post
-from bench.load import ClientProcesses, Run, _summary, closed_loop, load_texts
+from bench.load import ClientProcesses, Run, _summary, load_texts
 from bench.servers import REPO_ROOT, ServerHandle, launch_server, process_tree
 from bench.translation import latest_version
 from models.datasets import read_lines
@@ -242,13 +241,10 @@ def load_run(
     """One closed-loop run with GPU busy share and server CPU per request recorded in ``Run.extra``."""
     reqs = [encode_post(server.url, path, json.dumps(b).encode()) for b in bodies]
     cpu0 = server.cpu_seconds()  # the whole process tree: front ends and workers too
-    if args.client_processes > 1:  # forked before the sampler thread starts
-        clients = ClientProcesses(server.url, reqs, c, args.duration, args.warmup, args.client_processes)
-        with GpuSampler() as sampler:
-            lat, statuses = clients.join()
-    else:
-        with GpuSampler() as sampler:
-            lat, statuses = asyncio.run(closed_loop(server.url, reqs, c, args.duration, args.warmup))
+    # Forked (when several) before the sampler thread starts.
+    clients = ClientProcesses(server.url, reqs, c, args.duration, args.warmup, args.client_processes)
+    with GpuSampler() as sampler:
+        lat, statuses = clients.join()
     cpu = server.cpu_seconds() - cpu0
     run = _summary(name, "closed", c, 0, args.duration, lat, statuses)
     answered = sum(v for k, v in statuses.items() if k != "connection_error")

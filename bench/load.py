@@ -126,8 +126,12 @@ class ClientProcesses:
     ) -> None:
         context = multiprocessing.get_context("fork")
         processes = max(1, min(processes, concurrency))
-        shares = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
+        # One process: the client runs here, in ``join`` (no fork for what this process can do itself).
+        self._inline = (url, requests, concurrency, seconds, warmup) if processes == 1 else None
         self._children = []
+        if self._inline is not None:
+            return
+        shares = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
         for index, share in enumerate(shares):
             receive, send = context.Pipe(duplex=False)
             rotated = requests[index:] + requests[:index]  # each child starts at other texts
@@ -143,6 +147,8 @@ class ClientProcesses:
         send.close()
 
     def join(self) -> tuple[list[float], Counter]:
+        if self._inline is not None:
+            return asyncio.run(closed_loop(*self._inline))
         latencies: list[float] = []
         statuses: Counter = Counter()
         for child, receive in self._children:

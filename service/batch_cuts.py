@@ -24,9 +24,8 @@ def cheapest_cuts(
 ) -> list[tuple[int, int]]:
     """``[(start, end), ...]`` batches over ``lengths`` (sorted ascending), in order."""
     n = len(lengths)
-    cut = _cuts_numpy(lengths, cost, max_tokens, max_padding_ratio) if n >= NUMPY_FROM else None
-    if cut is None:
-        cut = _cuts_python(lengths, cost, max_tokens, max_padding_ratio)
+    cuts = _cuts_numpy if n >= NUMPY_FROM else _cuts_python
+    cut = cuts(lengths, cost, max_tokens, max_padding_ratio)
     bounds: list[tuple[int, int]] = []
     j = n
     while j > 0:

@@ -23,7 +23,7 @@ from pathlib import Path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.errors import error_response
-from service.shared_buckets import SharedTokenBuckets
+from service.shared_buckets import SharedTokenBuckets, spend
 
 log = logging.getLogger(__name__)
 
@@ -112,12 +112,7 @@ class TokenBuckets:
         """Take ``amount`` tokens (one request, or its cost): 0.0 when granted, else the seconds until they are."""
         now = time.monotonic() if now is None else now
         tokens, at = self.buckets.pop(client, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - at) * self.rate)
-        wait = 0.0
-        if tokens >= amount:
-            tokens -= amount
-        else:
-            wait = (amount - tokens) / self.rate
+        tokens, wait = spend(tokens, now - at, self.rate, self.burst, amount)
         self.buckets[client] = (tokens, now)
         if len(self.buckets) > self.max_clients:
             self.buckets.popitem(last=False)

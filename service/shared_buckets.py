@@ -29,6 +29,18 @@ PROBE = 8
 DEFAULT_SLOTS = 1 << 17  # 131,072 clients before forgetting (3 MiB per table)
 
 
+def spend(tokens: float, elapsed: float, rate: float, burst: float, amount: float) -> tuple[float, float]:
+    """One token bucket's rule: refill for ``elapsed`` seconds (up to ``burst``), then take ``amount``.
+
+    Returns ``(tokens left, seconds to wait)``: the wait is 0.0 when granted (tokens are taken), else how
+    long until ``amount`` would be there (nothing is taken). Both ``TokenBuckets`` and the shared table use it.
+    """
+    tokens = min(burst, tokens + elapsed * rate)
+    if tokens >= amount:
+        return tokens - amount, 0.0
+    return tokens, (amount - tokens) / rate
+
+
 def client_key(client: str) -> int:
     """A stable, non-zero 64-bit key: Python's ``hash`` differs between processes."""
     key = int.from_bytes(hashlib.blake2b(client.encode(), digest_size=8).digest(), "little")
@@ -38,15 +50,16 @@ def client_key(client: str) -> int:
 class SharedTokenBuckets:
     """``TokenBuckets``' interface (``take``) over a table every front end of the server shares."""
 
-    def __init__(self, shm: shared_memory.SharedMemory, slots: int, lock_path: Path, rate: float, burst: int) -> None:
-        self._shm, self.slots, self.lock_path = shm, slots, lock_path
+    def __init__(
+        self, purpose: str, shm: shared_memory.SharedMemory, slots: int, lock_path: Path, rate: float, burst: int
+    ) -> None:
+        self.purpose, self._shm, self.slots, self.lock_path = purpose, shm, slots, lock_path
         self.rate, self.burst = rate, float(burst)
         n = slots + PROBE  # no wrap-around: the last key's window runs into the spare PROBE slots
         self._keys = np.ndarray((n,), dtype=np.uint64, buffer=shm.buf, offset=0)
         self._tokens = np.ndarray((n,), dtype=np.float64, buffer=shm.buf, offset=8 * n)
         self._at = np.ndarray((n,), dtype=np.float64, buffer=shm.buf, offset=16 * n)
         self._lock_fd: int | None = None  # opened in the process that takes (flock is per open file)
-        self.purpose = ""
 
     @classmethod
     def create(cls, purpose: str, workdir: Path, slots: int = DEFAULT_SLOTS) -> SharedTokenBuckets:
@@ -54,9 +67,8 @@ class SharedTokenBuckets:
         shm = shared_memory.SharedMemory(create=True, size=24 * (slots + PROBE))
         lock_path = workdir / f"buckets-{purpose}.lock"
         lock_path.touch()
-        table = cls(shm, slots, lock_path, rate=1.0, burst=1)
+        table = cls(purpose, shm, slots, lock_path, rate=1.0, burst=1)
         table._keys[:] = 0
-        table.purpose = purpose
         return table
 
     @property
@@ -71,7 +83,7 @@ class SharedTokenBuckets:
         if not spec:
             return None
         name, slots, lock_path = spec.split(":", 2)
-        return cls(shared_memory.SharedMemory(name=name), int(slots), Path(lock_path), rate, burst)
+        return cls(purpose, shared_memory.SharedMemory(name=name), int(slots), Path(lock_path), rate, burst)
 
     def take(self, client: str, now: float | None = None, amount: float = 1.0) -> float:
         """Take ``amount`` tokens (one request, or its cost): 0.0 when granted, else the seconds until they are."""
@@ -92,12 +104,7 @@ class SharedTokenBuckets:
                 slot = base + (int(empty[0]) if empty.size else int(np.argmin(self._at[base : base + PROBE])))
                 self._keys[slot] = key
                 tokens, at = self.burst, now
-            tokens = min(self.burst, tokens + max(0.0, now - at) * self.rate)
-            wait = 0.0
-            if tokens >= amount:
-                tokens -= amount
-            else:
-                wait = (amount - tokens) / self.rate
+            tokens, wait = spend(tokens, max(0.0, now - at), self.rate, self.burst, amount)
             self._tokens[slot], self._at[slot] = tokens, now
             return wait
         finally:
