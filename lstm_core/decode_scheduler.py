@@ -174,9 +174,8 @@ class DecodeScheduler:
         self._steps += 1
         dropped = self._drop(is_dead) if is_dead is not None else []
         admitted = self._admit()
-        spent = sum(s.rows for s in self.live if s.result is not None)
-        if spent and (4 * spent >= self.rows or spent == self.rows):
-            self._retire()
+        if self.lazy_retire and 4 * sum(s.rows for s in self.live if s.result is not None) >= max(1, self.rows):
+            self._retire()  # finished rows are a quarter of the set (or all of it): re-lay out now
         if not self.live:
             if self._last_rows:
                 self.backend.reset()  # nothing carries over: the next sentences start a fresh set of rows
