@@ -28,10 +28,12 @@ ENV_PREFIX = "LSTM_SERVE_"
 CONFIG_FILE_ENV = "LSTM_SERVE_CONFIG_FILE"
 
 
-#: Batching defaults on a GPU, where one run of 256 sequences costs about what one of 32 does (H200:
-#: 605,000 sequences/s at batch 2,048 against 23,000 at 32, docs/benchmarks.md): the model card's
+#: Batching defaults on a GPU, where one run of 1,024 sequences costs about twice what one does (H200:
+#: 249,000 sequences/s at batch 1,024 against 13,000 at 32, docs/benchmarks.md). Padding is left to the
+#: cost model calibrated on the device (``max_padding_ratio`` 1): a padded step costs a GPU far less than
+#: another run, and the CPU's 0.3 cut rounds of real sentences into 4-5 runs there. The model card's
 #: ``serving`` block and the operator's own settings still win over these.
-CUDA_BATCHING = {"max_batch_size": 256, "max_batch_tokens": 65536, "max_queue_items": 16384}
+CUDA_BATCHING = {"max_batch_size": 1024, "max_batch_tokens": 131072, "max_padding_ratio": 1.0, "max_queue_items": 16384}
 
 
 class BatchingSettings(BaseModel):
@@ -71,10 +73,10 @@ class Settings(BaseSettings):
     inter_op_threads: int = Field(1, ge=0, description="onnxruntime inter-op threads per session")
     graph_optimization: GraphOptimization = Field("all", description="onnxruntime graph optimisation level")
     max_batch_size: int = Field(
-        32, ge=1, description="most items (texts) in one batch; 1 = no batching (CUDA: 256 unless set)"
+        32, ge=1, description="most items (texts) in one batch; 1 = no batching (CUDA: 1024 unless set)"
     )
     max_batch_tokens: int = Field(
-        8192, ge=1, description="most padded tokens (items × longest) in one batch (CUDA: 65536 unless set)"
+        8192, ge=1, description="most padded tokens (items × longest) in one batch (CUDA: 131072 unless set)"
     )
     max_delay_ms: float = Field(
         2.0, ge=0, description="most extra wait for a batch to fill, only while under concurrency"
@@ -83,7 +85,8 @@ class Settings(BaseSettings):
         0.3,
         ge=0,
         le=1,
-        description="most padding share in one batch: queued items are cut into length groups to stay under it",
+        description="most padding share in one batch: queued items are cut into length groups to stay under it "
+        "(CUDA: 1, the calibrated cost decides, unless set)",
     )
     max_queue_items: int = Field(
         2048, ge=1, description="queued items per model before 503 + Retry-After (CUDA: 16384 unless set)"
@@ -118,6 +121,11 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="log level")
     log_format: Literal["text", "json"] = Field(
         "text", description="text, or json: one JSON object a line, for log shippers"
+    )
+    opentelemetry: bool = Field(
+        False,
+        description="FastAPI's own OpenTelemetry spans, metrics and logs, where a provider is set up "
+        "(off: its check costs every request)",
     )
     # --- the request edge (docs/security.md says what each protects against) ---
     api_keys: Annotated[list[str], NoDecode] = Field(

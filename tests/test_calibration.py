@@ -91,3 +91,17 @@ def test_translation_calibrates_on_its_own_probe(caplog: pytest.LogCaptureFixtur
     assert model is not UNMEASURED and model.row > 0
     assert [r.levelno for r in caplog.records] == [logging.INFO]
     assert "translation: batch cost = " in caplog.records[0].getMessage()
+
+
+@pytest.mark.parametrize(("cuda", "rows"), [(False, 8), (True, 64)])
+def test_the_wide_probe_has_the_largest_batch_on_cuda(cuda: bool, rows: int) -> None:
+    """A GPU's cost per row falls with the batch: on CUDA the wide probe is ``max_batch_size`` rows, not 32."""
+    sizes: list[int] = []
+
+    def run(items: Any) -> list[Any]:
+        sizes.append(len(items))
+        return [None] * len(items)
+
+    batching = BATCHING.model_copy(update={"max_batch_size": 8 if not cuda else 64})
+    calibrate(Fake(lambda: CostProbe(unk_items), run), batching, CARD_COST, cuda=cuda)
+    assert max(sizes) == rows

@@ -71,9 +71,11 @@ def test_settings_env_wins_over_model_card_which_wins_over_defaults(monkeypatch:
 
 
 def test_on_cuda_the_batching_defaults_are_the_gpu_ones_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Operator > model card > provider default: a GPU gets batches of 256 unless someone said otherwise."""
+    """Operator > model card > provider default: a GPU gets rounds of 1,024 cut by the calibrated cost alone
+    (no padding cap) unless someone said otherwise."""
     on_gpu = Settings().batching_for({}, cuda=True)
-    assert (on_gpu.max_batch_size, on_gpu.max_batch_tokens, on_gpu.max_queue_items) == (256, 65536, 16384)
+    assert (on_gpu.max_batch_size, on_gpu.max_batch_tokens, on_gpu.max_queue_items) == (1024, 131072, 16384)
+    assert on_gpu.max_padding_ratio == 1.0 and Settings().batching_for({}).max_padding_ratio == 0.3
     assert on_gpu.max_delay_ms == Settings().max_delay_ms  # not a GPU knob
     assert Settings().batching_for({}, cuda=False).max_batch_size == 32
     assert Settings().batching_for({"max_batch_size": 64}, cuda=True).max_batch_size == 64  # the card's
