@@ -142,8 +142,8 @@ class RemoteBatcher:
         self._links_of_job: dict[int, tuple[WorkerLink, int]] = {}
 
     def submit(self, items: Sequence[Item], deadline: float) -> Job:
-        if self.registry.stopping:
-            raise ShuttingDown("the server is shutting down")
+        # No stopping check here: the data plane refuses new requests once stopping, and a request it
+        # accepted (counted in flight, then tokenised) must still reach a worker if SIGTERM came meanwhile.
         links = [link for link in self.registry.links if link.up and self.model in link.state["models"]]
         if not links:
             raise WorkerUnavailable(f"no inference worker is serving {self.model!r} right now; retry")

@@ -82,6 +82,9 @@ def test_readiness_names_every_process_and_metrics_add_up(two: ServerHandle) -> 
     provider = "CUDAExecutionProvider" if cuda_available() else "CPUExecutionProvider"  # provider=auto
     assert metric(two, "lstm_serve_model_info", model="sentiment", provider=provider) == 1.0
     assert "pid=" not in text  # merged series: the same names and labels as one process
+    # The front ends are the parallelism: no tokenizer thread pool in each (unless the operator sets one).
+    environ = Path(f"/proc/{pids[0]}/environ").read_bytes().split(b"\0")
+    assert f"TOKENIZERS_PARALLELISM={os.environ.get('TOKENIZERS_PARALLELISM', 'false')}".encode() in environ
 
 
 def test_batches_form_across_front_ends_and_every_request_is_counted(two: ServerHandle) -> None:
