@@ -32,7 +32,7 @@ from typing import Any, Protocol
 from lstm_core.cost import CostModel
 from service.batch_cuts import cheapest_cuts
 from service.errors import BatchFailed, QueueFull, ShuttingDown
-from service.metrics import Metrics
+from service.metrics import Metrics, observe_many
 from service.pipelines.base import Item
 from service.settings import BatchingSettings
 
@@ -237,8 +237,7 @@ class Batcher:
         # All batches are queued on the one-thread executor at once: no event-loop hop between them.
         futures = [loop.run_in_executor(self._executor, self._timed_run, [e.item for e in g]) for g in groups]
         for group, future in zip(groups, futures, strict=True):
-            for entry in group:
-                self._m_queue_duration.observe(started - entry.enqueued)
+            observe_many(self._m_queue_duration, [started - entry.enqueued for entry in group])
             lengths = [e.item.length for e in group]
             padded = max(lengths) * len(lengths)
             self._m_size.observe(len(group))

@@ -16,9 +16,10 @@ processes; ``livemax``: the queue bound, model info). ``process_resident_memory_
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -142,6 +143,29 @@ class Metrics:
         if self._pids is not None:
             merged.register(AllProcessesCollector(self._pids))
         return generate_latest(merged), CONTENT_TYPE_LATEST
+
+
+BULK_FROM = 16  # values; below this the numpy calls cost more than the writes they save
+
+
+def observe_many(child: Histogram, values: Sequence[float]) -> None:
+    """``child.observe(v)`` for every value, with one write per bucket touched and one for the sum.
+
+    Why: the batcher observes each item's queue wait; in multiprocess mode every observe is two mmap
+    writes with a pid check, about half of the worker's own per-item time at rounds of 1,024 items
+    (docs/benchmarks.md). The result is the same as observing one by one: a value falls in the first
+    bucket whose upper bound is at least the value. Few values (CPU batches), or a client without the
+    attributes this relies on, take the plain loop.
+    """
+    bounds, buckets, total = (getattr(child, name, None) for name in ("_upper_bounds", "_buckets", "_sum"))
+    if len(values) < BULK_FROM or bounds is None or buckets is None or total is None:
+        for value in values:
+            child.observe(value)
+        return
+    counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
+    total.inc(float(np.sum(values)))
+    for index in np.flatnonzero(counts):
+        buckets[index].inc(int(counts[index]))
 
 
 def multiprocess_dir() -> str | None:
