@@ -11,7 +11,9 @@ import httpx
 import pytest
 
 from bench.servers import ServerHandle
-from service.runtime import cuda_available
+from lstm_core.model_card import ModelCard
+from service.runtime import Runtime, cuda_available
+from service.runtime_options import RuntimeOptions
 from service.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -158,12 +160,15 @@ def test_metrics_names_labels_and_provider(live_server: ServerHandle) -> None:
         "model_info",
     ):
         assert f"lstm_serve_{name}" in text, name
-    provider = "CUDAExecutionProvider" if cuda_available() else "CPUExecutionProvider"
-    precision = "fp32" if cuda_available() else "int8"  # auto: int8 on CPU; fp16 on CUDA only once gated there
+    runtime = Runtime(RuntimeOptions())  # provider=auto, precision=auto: what live_server serves on this machine
+    card = ModelCard.load(REPO_ROOT / "model_repository" / "sentiment" / "1")
+    precision = runtime.choose_variant(card).precision  # int8 on CPU; fp16 on CUDA (gated there)
+    provider = runtime.provider
     info = f'lstm_serve_model_info{{model="sentiment",precision="{precision}",provider="{provider}",version="1"}} 1.0'
     assert info in text
-    # The queue's bound is exported so alerts read "how full" (live_server runs the default settings).
-    capacity = Settings.model_fields["max_queue_items"].default
+    # The queue's bound is exported so alerts read "how full" (live_server runs the default settings,
+    # which are larger on a GPU).
+    capacity = Settings().batching_for({}, cuda=runtime.provider == "CUDAExecutionProvider").max_queue_items
     assert f'lstm_serve_queue_capacity_items{{model="sentiment",version="1"}} {float(capacity)}' in text
     assert 'endpoint="/v1/sentiment",model="sentiment",status="200",version="1"' in text
     allowed = {"model", "version", "endpoint", "status", "reason", "provider", "precision", "le"}
