@@ -407,9 +407,11 @@ def test_autoscalers_agree_with_each_other_and_the_deployment() -> None:
         assert name in served, f"the HPA reads {name}, which no adapter rule serves"
         hpa_thresholds[served[name]] = float(metric["pods"]["target"]["averageValue"])
     assert keda_thresholds == hpa_thresholds == {"lstm_serve_inflight_requests": 8, "lstm_serve_queue_items": 32}
-    # The queue backstop is one full batch; KServe's concurrency target is the in-flight target.
+    # The queue backstop is one full CPU batch (the pods leave batching to the service's per-provider
+    # defaults); KServe's concurrency target is the in-flight target.
     settings = settings_of(keda_docs)
-    assert keda_thresholds["lstm_serve_queue_items"] == settings.max_batch_size
+    assert "max_batch_size" not in settings.model_fields_set and "max_queue_items" not in settings.model_fields_set
+    assert keda_thresholds["lstm_serve_queue_items"] == settings.batching_for({}, cuda=False).max_batch_size
     predictor = one(render("kserve"), "InferenceService")["spec"]["predictor"]
     assert predictor["scaleMetric"] == "concurrency"
     assert predictor["scaleTarget"] == keda_thresholds["lstm_serve_inflight_requests"]
