@@ -1,16 +1,24 @@
-"""uvicorn's HTTP/1.1 protocol with a header timeout: a connection must send complete request headers
-within ``header_timeout_s`` of opening, or of its previous response, else it is closed.
+"""uvicorn's HTTP/1.1 protocol with a header timeout and a connection limit that answers like the service.
+
+Header timeout: a connection must send complete request headers within ``header_timeout_s`` of
+opening, or of its previous response, else it is closed.
 
 uvicorn has no such timeout: its keep-alive timer is stopped by the first byte of a new request, so a
 client sending headers one byte at a time (slowloris) holds its connection, and a slot of
 ``limit_concurrency``, for ever. The app never sees such a connection (it is called once the headers
 are complete), so this lives in the protocol. Both uvicorn implementations assign ``self.cycle`` when
 a request's headers are complete; that assignment is what stops the timer.
+
+Connection limit (``max_connections``, uvicorn's ``limit_concurrency``): uvicorn answers a request
+past it with a plain-text 503 and no ``Retry-After``, unlike every other overload answer here. The same
+count, made at the same moment (when a request's headers are complete and uvicorn picks the app to
+run), now answers a JSON 503 with ``Retry-After: 1`` and closes the connection.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any
 
@@ -83,10 +91,60 @@ class HeaderTimeoutMixin:
         super().connection_lost(exc)  # type: ignore[misc]
 
 
+OVER_LIMIT_BODY = json.dumps({"error": "too many connections to this server process; retry"}).encode()
+
+
+async def over_connection_limit(scope: Any, receive: Any, send: Any) -> None:
+    """The answer past the connection limit: 503, JSON, Retry-After, and the connection closed."""
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(OVER_LIMIT_BODY)).encode()),
+        (b"retry-after", b"1"),
+        (b"connection", b"close"),
+    ]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.body", "body": OVER_LIMIT_BODY})
+
+
+class ConnectionLimitMixin:
+    """uvicorn's connection limit, answered by ``over_connection_limit`` instead of its plain-text 503.
+
+    uvicorn checks ``limit_concurrency`` and then reads ``self.app`` when a request's headers are
+    complete (both its HTTP/1.1 implementations). Here its own check always sees no limit, and reading
+    ``app`` makes the same count: past the limit, the request runs ``over_connection_limit``.
+    """
+
+    connections: set[Any]
+    tasks: set[Any]
+    _limit: int | None = None
+
+    @property
+    def limit_concurrency(self) -> None:
+        return None  # uvicorn's own check: off (the limit is applied in ``app``)
+
+    @limit_concurrency.setter
+    def limit_concurrency(self, value: int | None) -> None:
+        self._limit = value
+
+    @property
+    def app(self) -> Any:
+        limit = self._limit
+        if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
+            log.warning("over the connection limit (%d per process): 503", limit)
+            return over_connection_limit
+        return self.__dict__["_app"]
+
+    @app.setter
+    def app(self, value: Any) -> None:
+        self.__dict__["_app"] = value
+
+
 def protocol_class(header_timeout_s: float) -> type[asyncio.Protocol]:
-    """uvicorn's default HTTP/1.1 protocol (httptools if installed, else h11) with the header timeout."""
+    """uvicorn's default HTTP/1.1 protocol (httptools if installed, else h11) with the header timeout and
+    the JSON connection limit."""
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
     except ImportError:  # pragma: no cover - uvicorn[standard] brings httptools
         from uvicorn.protocols.http.h11_impl import H11Protocol as base  # type: ignore[assignment]
-    return type(f"HeaderTimeout{base.__name__}", (HeaderTimeoutMixin, base), {"header_timeout_s": header_timeout_s})
+    mixins = (HeaderTimeoutMixin, ConnectionLimitMixin, base)
+    return type(f"Edge{base.__name__}", mixins, {"header_timeout_s": header_timeout_s})

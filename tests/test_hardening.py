@@ -244,6 +244,7 @@ def test_openapi_describes_what_the_server_does(live_server: ServerHandle) -> No
     assert texts["texts"]["items"] == {"type": "string", "minLength": 1, "maxLength": 2000, "pattern": r"\S"}
     assert texts["beam_size"]["type"] == "integer"
     assert "415" in paths["/v1/sentiment"]["post"]["responses"]
+    assert "503" in paths["/healthz"]["get"]["responses"]  # the connection limit holds on every route
 
 
 # --- API keys --------------------------------------------------------------------------------------
@@ -352,6 +353,27 @@ def test_slowloris_connections_are_closed_within_the_header_timeout(impatient_se
         for sock in [*slow, idle]:
             sock.close()
     assert _serves(impatient_server)
+
+
+def test_past_the_connection_limit_a_json_503_with_retry_after_then_serving_resumes(
+    start_server, sentiment_repo: Path
+) -> None:
+    """uvicorn's own answer there is plain text without Retry-After; the service's is like its other 503s."""
+    server = start_server(model_repository=sentiment_repo, max_connections=3, workers=1)
+    address = _host_port(server)
+    held = [socket.create_connection(address) for _ in range(2)]  # open, no request yet: they count
+    try:
+        time.sleep(0.2)
+        refused = httpx.get(f"{server.url}/healthz", timeout=10)
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["retry-after"] == "1" and refused.headers["connection"] == "close"
+        assert refused.headers["content-type"] == "application/json"
+        assert "too many connections" in refused.json()["error"]
+    finally:
+        for sock in held:
+            sock.close()
+    time.sleep(0.2)
+    assert _serves(server)
 
 
 def test_a_stalled_body_gets_408_and_its_memory_is_freed(impatient_server: ServerHandle) -> None:

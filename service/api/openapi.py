@@ -26,7 +26,7 @@ DESCRIPTIONS = {
     415: "Content-Type is not application/json",
     422: "invalid texts or parameters",
     429: "over the rate limit (see Retry-After)",
-    503: "not ready, queue full or shutting down (see Retry-After)",
+    503: "not ready, queue full, shutting down or past the connection limit (see Retry-After)",
     504: "request deadline passed",
 }
 
@@ -46,7 +46,7 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 def edge_errors(settings: Settings) -> dict[int | str, dict[str, Any]]:
-    codes = [408, 413]
+    codes = [408, 413, 503]  # 503: past max_connections, on any route (service/protocol.py)
     if settings.api_keys or settings.api_keys_file:
         codes.append(401)
     if settings.rate_limit_per_s > 0:
