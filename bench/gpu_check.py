@@ -345,9 +345,7 @@ def precision_step(provider: str, args: argparse.Namespace) -> dict[str, Any]:
     servers = {p: launch_server(base | {"precision": p}, repo / f"logs-{p}", timeout=300) for p in ("fp32", "fp16")}
     texts, flickr = load_texts(2000), flickr_sentences("en", 200)
     loads = [("sentiment x1", "/v1/sentiment", [{"texts": [t]} for t in texts], 1, args.precision_concurrency)]
-    loads.append(
-        ("sentiment x64", "/v1/sentiment", [{"texts": texts[i : i + 64]} for i in range(0, 1937, 64)], 64, 16)
-    )
+    loads.append(("sentiment x64", "/v1/sentiment", [{"texts": texts[i : i + 64]} for i in range(0, 1937, 64)], 64, 16))
     if "translation" not in out["refused"]:
         loads.append(("translation beam4", "/v1/translate", [{"texts": [t], "beam_size": 4} for t in flickr], 1, 64))
     runs: list[Run] = []

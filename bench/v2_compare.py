@@ -31,6 +31,8 @@ from bench.load import Run, load_texts, print_table, run_closed
 from bench.servers import REPO_ROOT, ServerHandle, cpu_seconds, launch_server
 
 KINDS = ("native", "v2_json", "v2_binary")
+
+
 def v2_request(url: str, text: str, binary: bool) -> bytes:
     """One raw HTTP request for /v2/models/sentiment/infer, body and headers as tritonclient makes them."""
     tensor = httpclient.InferInput("text", [1, 1], "BYTES")

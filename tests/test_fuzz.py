@@ -95,4 +95,3 @@ def test_schemathesis_finds_no_server_error_and_no_conformance_failure(
     assert "Traceback" not in fuzz_server.log()
     errors = httpx.get(f"{fuzz_server.url}/metrics").text
     assert not re.search(r'lstm_serve_requests_total\{endpoint="(?!/readyz")[^"]*".*status="5\d\d"', errors)
-
