@@ -33,6 +33,7 @@ MULTIPROCESS_TESTS = tests/test_hardening.py tests/test_cost_budget.py tests/tes
 
 test: $(VENV)/.installed
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q
 	LSTM_SERVE_WORKERS=2 $(BIN)/pytest -q $(MULTIPROCESS_TESTS)
 
