@@ -106,7 +106,7 @@ class Metrics:
         # Step-level decoding (service.continuous): the running set, each decoder step, tokens produced.
         self.decoder_rows = Gauge(
             f"{PREFIX}_decoder_rows",
-            "Live decoder rows (sentences x beams) in the running set.",
+            "Decoder rows (sentences x beams) in the running set, finished rows not yet retired included.",
             mv,
             registry=reg,
             multiprocess_mode="livesum",
