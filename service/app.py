@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from service.api import health, native, openapi, v2
+from service.api.common import DirectRoute
 from service.dataplane import DataPlane
 from service.errors import install_error_handlers
 from service.metrics import Metrics
@@ -90,11 +91,13 @@ def create_app(
             expose_headers=["X-Request-ID", "Retry-After", "Inference-Header-Content-Length"],
         )
     route_tasks = {pipeline.wire.native_path: task for task, pipeline in tasks.items()}
+    direct = {r.path: r for r in app.routes if isinstance(r, DirectRoute) and r.methods == {"POST"}}
     app.add_middleware(
         RequestEdgeMiddleware,
         metrics=metrics,
         registry=registry,
         route_tasks=route_tasks,
         body=None if inner_layers else body,
+        direct=direct,
     )
     return app

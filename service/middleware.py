@@ -16,6 +16,7 @@ a native route serves (``route_tasks``, built from the task registry: no task is
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 import re
@@ -24,6 +25,8 @@ import types
 from collections.abc import Awaitable, Generator, Mapping
 from typing import Any
 
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import error_response
@@ -192,6 +195,32 @@ class RequestBodyMiddleware:
             await self.app(scope, replaying(body, receive), send)
 
 
+async def call_direct(route: Any, scope: Scope, receive: Receive, send: Send) -> None:
+    """Answer with ``route``'s endpoint as the router would: the route in the scope, the app's handler for
+    an exception (by status for an ``HTTPException``, then by class along the MRO), else re-raise."""
+    scope["route"], scope["endpoint"], scope["path_params"] = route, route.endpoint, {}
+    request = Request(scope, receive, send)
+    try:
+        response = await route.endpoint(request)
+    except Exception as exc:
+        handler = exception_handler(scope["app"].exception_handlers, exc)
+        if handler is None:
+            raise
+        response = handler(request, exc)
+        if inspect.isawaitable(response):  # the app's handlers are coroutine functions; a plain one may be there
+            response = await response
+    await response(scope, receive, send)
+
+
+def exception_handler(handlers: Mapping[Any, Any], exc: Exception) -> Any:
+    if isinstance(exc, HTTPException) and exc.status_code in handlers:
+        return handlers[exc.status_code]
+    for cls in type(exc).__mro__:
+        if cls in handlers:
+            return handlers[cls]
+    return None
+
+
 class RequestEdgeMiddleware:
     """Outermost: the request id, request metrics, and (given a ``body`` reader) the request body.
 
@@ -201,6 +230,13 @@ class RequestEdgeMiddleware:
       ``{"error": "internal error (request id ...)"}`` and never the exception's name or text.
     - ``requests_total``/``request_duration_seconds`` per endpoint and status (not for ``skip``);
       ``rejected_total`` for 4xx answers (``invalid``, or the reason of ``REJECTED_REASONS``).
+    - ``direct`` routes (the native task routes, ``DirectRoute``s taking only the ``Request``): when this
+      layer reads the body, a POST to one of them calls its endpoint here, with the app's exception
+      handlers, instead of passing through Starlette's exception layer, FastAPI's exit-stack, body-limit
+      and telemetry layers and the routers (about ten more calls a request, each matching or wrapping
+      what is already known). Any other request, and every request when CORS, API keys or a rate limit
+      add their layers, takes the full stack. The routes stay FastAPI's: declared, documented and
+      matched there for everything else.
     """
 
     def __init__(
@@ -211,8 +247,10 @@ class RequestEdgeMiddleware:
         route_tasks: Mapping[str, str],
         body: BodyReader | None = None,
         skip: tuple[str, ...] = ("/metrics",),
+        direct: Mapping[str, Any] | None = None,
     ) -> None:
         self.app = app
+        self.direct = dict(direct or {})  # POST path -> route whose endpoint takes the Request alone
         self.metrics = metrics
         self.registry = registry
         self.route_tasks = dict(route_tasks)  # native route -> the task it serves (they name no model in the path)
@@ -250,7 +288,11 @@ class RequestEdgeMiddleware:
             else:
                 body = await self.body.read(scope, receive, send_edge)
                 if body is not None:
-                    await self.app(scope, replaying(body, receive), send_edge)
+                    route = self.direct.get(scope["path"]) if scope["method"] == "POST" else None
+                    if route is None:
+                        await self.app(scope, replaying(body, receive), send_edge)
+                    else:
+                        await call_direct(route, scope, replaying(body, receive), send_edge)
         except Exception:
             log.exception("internal error in %s %s", scope["method"], scope["path"])
             if not status:

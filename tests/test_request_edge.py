@@ -257,3 +257,69 @@ def test_a_direct_route_takes_only_the_request() -> None:
     assert router.routes[-1].get_route_handler() is direct  # type: ignore[attr-defined]
     with pytest.raises(TypeError, match="takes only the Request"):
         router.add_api_route("/query", with_query, methods=["POST"], route_class_override=DirectRoute)
+
+
+async def test_a_post_to_a_direct_route_skips_the_router_and_keeps_the_app_handlers() -> None:
+    """The edge calls the native endpoints itself; answers, errors and metrics are what the full stack gives."""
+    import httpx
+    from fastapi import FastAPI, HTTPException
+
+    from service.errors import QueueFull, install_error_handlers
+    from service.middleware import RequestEdgeMiddleware
+
+    async def answer(request: Request) -> JSONResponse:
+        kind = (await request.json())["kind"]
+        if kind == "full":
+            raise QueueFull("queue of m/1 is full")
+        if kind == "http":
+            raise HTTPException(409, "taken")
+        if kind == "bug":
+            raise RuntimeError("a bug's text")
+        return JSONResponse({"ok": True, "route": request.scope["route"].path})
+
+    app = FastAPI()
+    app.router.add_api_route("/v1/answer", answer, methods=["POST"], route_class_override=DirectRoute)
+    app.router.add_api_route("/v1/other", answer, methods=["POST"])
+    install_error_handlers(app)
+    metrics = Metrics()
+    direct = {r.path: r for r in app.routes if isinstance(r, DirectRoute)}
+    registry: Any = type("NoModels", (), {"models": {}})()
+    app.add_middleware(
+        RequestEdgeMiddleware, metrics=metrics, registry=registry, route_tasks={},
+        body=BodyReader(1 << 20, 5.0, metrics), direct=direct,
+    )  # fmt: skip
+    routed: list[str] = []  # requests the router handed to a route
+    for route in app.routes:
+        handle = getattr(route, "handle", None)
+        if route.path.startswith("/v1/") and handle is not None:
+
+            async def counting(scope: Any, receive: Any, send: Any, handle: Any = handle) -> None:
+                routed.append(scope["path"])
+                await handle(scope, receive, send)
+
+            route.handle = counting  # type: ignore[method-assign]
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://edge") as client:
+        ok = await client.post("/v1/answer", json={"kind": "ok"})
+        assert ok.status_code == 200 and ok.json() == {"ok": True, "route": "/v1/answer"}
+        full = await client.post("/v1/answer", json={"kind": "full"})
+        assert full.status_code == 503 and full.headers["retry-after"] == "1"
+        assert full.json() == {"error": "queue of m/1 is full"}
+        http = await client.post("/v1/answer", json={"kind": "http"})
+        assert http.status_code == 409 and http.json() == {"error": "taken"}
+        bug = await client.post("/v1/answer", json={"kind": "bug"})
+        assert bug.status_code == 500 and "a bug" not in bug.text and "request id" in bug.json()["error"]
+        assert ok.headers["x-request-id"] and full.headers["x-request-id"]
+        other = await client.post("/v1/other", json={"kind": "ok"})
+        assert other.status_code == 200
+        wrong_method = await client.get("/v1/answer")
+        assert wrong_method.status_code == 405
+    answered = {
+        status: metrics.registry.get_sample_value(
+            "lstm_serve_requests_total", {"model": "", "version": "", "endpoint": "/v1/answer", "status": status}
+        )
+        for status in ("200", "503", "409", "500")
+    }
+    assert answered == {"200": 1.0, "503": 1.0, "409": 1.0, "500": 1.0}
+    # The router handed on only the plain route's POST and the GET (its 405): no POST to the direct route.
+    assert routed == ["/v1/other", "/v1/answer"]
