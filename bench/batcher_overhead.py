@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.load import load_texts
+from bench.load import load_texts, plot_bars
 from bench.servers import REPO_ROOT
 
 
@@ -104,17 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"| {row['settings']} | {row['us_per_item']:.2f} | {row['items_s']:,.0f} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps({"argv": sys.argv[1:], "rows": rows}, indent=2) + "\n")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.bar([r["settings"] for r in rows], [r["us_per_item"] for r in rows])
-    ax.set(ylabel="µs per item", title="inference worker, outside onnxruntime")
-    fig.tight_layout()
-    fig.savefig(args.out.with_suffix(".png"), dpi=120)
-    plt.close(fig)
+    labels, values = [r["settings"] for r in rows], [r["us_per_item"] for r in rows]
+    plot_bars(labels, values, args.out.with_suffix(".png"), "µs per item", "inference worker, outside onnxruntime")
     return 0
 
 

@@ -24,6 +24,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from bench.load import plot_bars
 from bench.servers import REPO_ROOT
 from service.api.common import DirectRoute
 from service.errors import install_error_handlers
@@ -102,17 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.with_suffix(".json").write_text(
         json.dumps({"argv": sys.argv[1:], "runs_us": runs, "medians_us": medians}, indent=2) + "\n"
     )
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.bar(list(medians), list(medians.values()))
-    ax.set(ylabel="µs per request", title="ASGI stack of a native request (in-process)")
-    fig.tight_layout()
-    fig.savefig(args.out.with_suffix(".png"), dpi=120)
-    plt.close(fig)
+    title = "ASGI stack of a native request (in-process)"
+    plot_bars(list(medians), list(medians.values()), args.out.with_suffix(".png"), "µs per request", title)
     return 0
 
 

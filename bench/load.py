@@ -275,6 +275,21 @@ def plot(runs: list[Run], servers: list[str], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def plot_bars(labels: Sequence[str], values: Sequence[float], path: Path, ylabel: str, title: str) -> None:
+    """One bar per measured variant (the in-process overhead benches)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.bar(list(labels), list(values))
+    ax.set(ylabel=ylabel, title=title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot_soak(soak_result: dict[str, Any], path: Path, title: str) -> None:
     """RSS and throughput over the soak: memory must stay flat under sustained load."""
     import matplotlib
