@@ -213,6 +213,7 @@ async def call_direct(route: Any, scope: Scope, receive: Receive, send: Send) ->
 
 
 def exception_handler(handlers: Mapping[Any, Any], exc: Exception) -> Any:
+    """The app's handler for ``exc``, found as Starlette's exception layer finds it (None: a bug, the 500)."""
     if isinstance(exc, HTTPException) and exc.status_code in handlers:
         return handlers[exc.status_code]
     for cls in type(exc).__mro__:
