@@ -52,7 +52,6 @@ class Sentence:
     _offset: int = field(default=-1, repr=False)  # first row in the last step's rows (-1: not stepped yet)
     _history: Any = field(default=None, repr=False)  # greedy: token list; beam: [beam, tokens so far]
     _finished: list[tuple[float, list[int]]] = field(default_factory=list, repr=False)
-    _queued_at: int = field(default=0, repr=False)  # the scheduler's step count when it was added
 
     @property
     def rows(self) -> int:
@@ -124,9 +123,9 @@ class DecodeScheduler:
         """``lazy_retire``: a finished sentence is answered at once but its rows stay in the running set
         (decoded and ignored) until the next admission or until such rows are a quarter of the set: the
         row re-layout a departure costs (a gather of every row's encoder outputs) is paid once for many.
-        ``admit_wait_steps``: while sentences are decoding, newcomers join once the oldest has waited
-        this many steps or they bring a quarter of the live rows, so the encoder runs on several at
-        once. Both trade a few steps of latency for throughput; 0/False is join-and-leave at every step.
+        ``admit_wait_steps``: while sentences are decoding, newcomers join once room for them has been
+        there this many steps or they bring a quarter of the live rows, so the encoder runs on several
+        at once. Both trade a few steps of latency for throughput; 0/False is join-and-leave at every step.
         """
         if max_rows < 1 or max_positions < 1 or admit_wait_steps < 0:
             raise ValueError("max_rows and max_positions must be at least 1, admit_wait_steps at least 0")
@@ -144,13 +143,13 @@ class DecodeScheduler:
         self._next_prev = self._next_state = _EMPTY
         self._next_scores = np.zeros(0)
         self._width = self._k = 0
+        self._room_since: int | None = None  # the step since which newcomers could join (admit_wait_steps)
 
     # ---- queue ------------------------------------------------------------------------------------
 
     def add(self, sentence: Sentence) -> None:
         if sentence.beam_size < 1 or sentence.max_length < 1 or sentence.length < 1:
             raise ValueError(f"bad sentence settings: {sentence!r}")
-        sentence._queued_at = self._steps
         self.pending.append(sentence)
 
     @property
@@ -236,27 +235,38 @@ class DecodeScheduler:
         return dropped
 
     def _admit(self) -> list[Sentence]:
+        """Newcomers join, oldest first, as many as fit once the finished sentences' rows are gone.
+
+        With ``admit_wait_steps``, while sentences decode, the joiners wait until they would bring a
+        quarter of the decoding rows or until ``admit_wait_steps`` steps have passed since room for
+        them appeared (each joining costs a re-layout of the whole set and an encoder run). Counting
+        from when room appeared, not from a sentence's arrival, is what keeps a deep queue from
+        re-laying the set out at every step for one sentence: its oldest has always waited long.
+        """
         if not self.pending:
+            self._room_since = None
             return []
         decoding = [s for s in self.live if s.result is None]
-        if decoding and self.admit_wait_steps:
-            waited = self._steps - self.pending[0]._queued_at
-            bringing = sum(s.rows for s in self.pending)
-            if waited < self.admit_wait_steps and 4 * bringing < sum(s.rows for s in decoding):
-                return []
-        self._retire()  # rows change anyway: finished sentences' rows go with this re-layout
-        rows = self.rows
-        width = max((s.length for s in self.live), default=0)
-        admitted = []
-        while self.pending:
-            head = self.pending[0]
+        rows = sum(s.rows for s in decoding)
+        width = max((s.length for s in decoding), default=0)
+        joining = joining_rows = 0
+        for head in self.pending:  # the oldest first: a sentence that does not fit waits for rows to free up
             new_rows, new_width = rows + head.rows, max(width, head.length)
             fits = new_rows <= self.max_rows and new_rows * new_width <= self.max_positions
-            if not fits and (self.live or admitted):
-                break  # oldest first: a sentence that does not fit yet waits for rows to free up
-            self.pending.popleft()
-            admitted.append(head)
-            rows, width = new_rows, new_width
+            if not fits and (decoding or joining):
+                break  # (one that fits nowhere still runs, alone)
+            joining, joining_rows, rows, width = joining + 1, joining_rows + head.rows, new_rows, new_width
+        if not joining:
+            return []
+        if decoding and self.admit_wait_steps:
+            if self._room_since is None:  # counted like a newcomer's wait: from before this step
+                self._room_since = self._steps - 1
+            waited = self._steps - self._room_since
+            if waited < self.admit_wait_steps and 4 * joining_rows < sum(s.rows for s in decoding):
+                return []
+        self._room_since = None
+        self._retire()  # rows change anyway: finished sentences' rows go with this re-layout
+        admitted = [self.pending.popleft() for _ in range(joining)]
         self.live.extend(admitted)
         return admitted
 

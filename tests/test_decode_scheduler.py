@@ -241,3 +241,20 @@ def test_lazy_retirement_and_grouped_admission_keep_every_answer(lazy_retire: bo
         assert sum(r.stepped_rows for r in reports) > work
     else:
         assert sum(r.stepped_rows for r in reports) == work
+
+
+def test_a_deep_queue_joins_in_groups_not_one_sentence_a_step() -> None:
+    """With more sentences queued than fit, room frees a few rows at a time. Newcomers wait until they
+    bring a quarter of the decoding rows or room has been there ``admit_wait_steps`` steps, counted from
+    when room appeared (the oldest of a deep queue has always waited long): fewer re-layouts, same answers."""
+    admissions = {}
+    for wait in (0, 4):
+        batch = sentences(80, seed=11, beams=(1,))
+        sched = DecodeScheduler(
+            HostRows(toy_encode, toy_decode), max_rows=16, max_positions=100_000, bos=BOS, eos=EOS,
+            lazy_retire=True, admit_wait_steps=wait,
+        )  # fmt: skip
+        reports = run_all(sched, {0: batch})
+        check(batch)
+        admissions[wait] = sum(1 for r in reports if r.admitted)
+    assert admissions[4] <= 0.6 * admissions[0], admissions
