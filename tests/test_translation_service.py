@@ -46,8 +46,13 @@ def test_translates_a_batch_with_beam_and_greedy(live_server: ServerHandle) -> N
             assert translation and "▁" not in translation and "[EOS]" not in translation  # detokenised
 
 
-def test_concurrent_requests_each_get_their_own_translation(live_server: ServerHandle) -> None:
-    """36 concurrent single-sentence requests, mixed into shared batches, answer as each sentence alone."""
+def test_concurrent_requests_each_get_their_own_translation(start_server) -> None:
+    """36 concurrent single-sentence requests, mixed into shared batches, answer as each sentence alone.
+
+    fp32: the int8 graphs (what ``auto`` serves on CPU) quantise activations with scales taken over the
+    whole running set, so with int8 a sentence's words may depend on who decodes beside it (seen once in
+    CI: "Eine Gruppe Leute" alone, "Eine Gruppe von Menschen" in company)."""
+    live_server = start_server(precision="fp32")
     alone = {t: translate(live_server, {"texts": [t], "beam_size": 4}).json()["translations"][0] for t in SENTENCES}
     assert len(set(alone.values())) == len(SENTENCES)  # all different, so a mix-up cannot pass
     texts = list(SENTENCES) * 3
