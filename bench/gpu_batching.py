@@ -42,6 +42,11 @@ DEFAULT_VARIANTS: list[dict[str, Any]] = [
 COST_LINE = re.compile(r"sentiment: batch cost = (\d+) µs \+ tokens × \(([\d.]+) µs \+ ([\d.]+) µs × items\)")
 
 
+def variant_label(variant: dict[str, Any]) -> str:
+    """How tables and plots name a settings variant ("defaults" for none)."""
+    return ", ".join(f"{k}={v}" for k, v in variant.items()) or "defaults"
+
+
 def batch_counters(url: str) -> tuple[float, float]:
     """(batches run, items run) of the sentiment model so far, from ``/metrics`` (all processes)."""
     with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
@@ -84,7 +89,7 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
             **(GPU_SERVER_SETTINGS if args.provider != "cpu" else {}),
             **variant,
         }
-        label = ", ".join(f"{k}={v}" for k, v in variant.items()) or "defaults"
+        label = variant_label(variant)
         print(f"== {label}", flush=True)
         server = launch_server(settings, Path(tempfile.mkdtemp(prefix="lstm-serve-gpu-batching-")), timeout=300)
         runs: list[Run] = []
@@ -117,7 +122,7 @@ def table(result: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for entry in result["results"]:
-        label = ", ".join(f"{k}={v}" for k, v in entry["variant"].items()) or "defaults"
+        label = variant_label(entry["variant"])
         for run in entry["runs"]:
             x = run["extra"]
             busy = "-" if x["gpu_busy"] is None else f"{x['gpu_busy']:.0%}"
@@ -127,10 +132,7 @@ def table(result: dict[str, Any]) -> str:
                 f"{run['p99_ms']:.1f} | {busy} | {x['mean_batch'] or 0:.1f} | {x['runs_per_s']:.0f} | "
                 f"{x['server_cpu_ms_per_request']:.2f} |"
             )
-    costs = [
-        f"{', '.join(f'{k}={v}' for k, v in e['variant'].items()) or 'defaults'}: {e['cost_model_us']}"
-        for e in result["results"]
-    ]
+    costs = [f"{variant_label(e['variant'])}: {e['cost_model_us']}" for e in result["results"]]
     return "\n".join(lines) + "\n\ncalibrated cost model (run µs, step µs, row µs):\n" + "\n".join(costs)
 
 
@@ -141,7 +143,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     loads = sorted({(r["server"].split(" ", 1)[0], r["level"]) for e in result["results"] for r in e["runs"]})
-    labels = [", ".join(f"{k}={v}" for k, v in e["variant"].items()) or "defaults" for e in result["results"]]
+    labels = [variant_label(e["variant"]) for e in result["results"]]
     fig, ax = plt.subplots(figsize=(10, 4.5))
     width = 0.8 / max(1, len(labels))
     for k, (entry, label) in enumerate(zip(result["results"], labels, strict=True)):

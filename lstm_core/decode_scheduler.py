@@ -247,7 +247,7 @@ class DecodeScheduler:
             self._room_since = None
             return []
         decoding = [s for s in self.live if s.result is None]
-        rows = sum(s.rows for s in decoding)
+        decoding_rows = rows = sum(s.rows for s in decoding)
         width = max((s.length for s in decoding), default=0)
         joining = joining_rows = 0
         for head in self.pending:  # the oldest first: a sentence that does not fit waits for rows to free up
@@ -262,7 +262,7 @@ class DecodeScheduler:
             if self._room_since is None:  # counted like a newcomer's wait: from before this step
                 self._room_since = self._steps - 1
             waited = self._steps - self._room_since
-            if waited < self.admit_wait_steps and 4 * joining_rows < sum(s.rows for s in decoding):
+            if waited < self.admit_wait_steps and 4 * joining_rows < decoding_rows:
                 return []
         self._room_since = None
         self._retire()  # rows change anyway: finished sentences' rows go with this re-layout
