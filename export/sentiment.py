@@ -36,7 +36,7 @@ from models.common.runs import git_commit
 from models.sentiment import LABELS
 from models.sentiment.data import sentence_split
 from models.sentiment.model import ModelConfig, ProbabilityHead, SentimentClassifier
-from models.sentiment.train import CHECKPOINT, TOKENIZER
+from models.sentiment.train import CHECKPOINT, TOKENIZER, command_line
 
 MODEL_NAME = "sentiment"
 ONNX_FILE = SENTIMENT_FILE
@@ -200,7 +200,8 @@ def model_card(checkpoint: dict, parity: dict, version: str, cost: CostModel | N
             "train_seconds": round(report["train_seconds"], 1),
             "threads": report["threads"],
             "run_git_commit": report["git_commit"],
-            "command": "lstm-serve train sentiment --out runs/sentiment (recipe above)",
+            "command": f"{command_line(report['recipe'])} --out <run folder>",
+            **({"distillation": report["distillation"]} if "distillation" in report else {}),
         },
         metrics={
             "validation_accuracy": validation["accuracy"],

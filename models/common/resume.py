@@ -59,7 +59,15 @@ def load_state(run_dir: Path) -> dict[str, Any] | None:
 
 def recipe_of(args: Any) -> dict[str, Any]:
     """The options that define a run (paths as strings), without the per-sitting ones."""
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in NOT_RECIPE}
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, list | tuple):
+            return [plain(v) for v in value]
+        return value
+
+    return {k: plain(v) for k, v in vars(args).items() if k not in NOT_RECIPE}
 
 
 def check_same_recipe(saved: dict[str, Any], args: Any, run_dir: Path) -> None:

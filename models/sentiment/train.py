@@ -48,6 +48,7 @@ from models.sentiment.data import (
     dataset_info,
     sentence_split,
 )
+from models.sentiment.distill import Teacher, distillation_loss, ensemble_probabilities
 from models.sentiment.evaluate import accuracy_report, gradient_reach, predict_probabilities
 from models.sentiment.model import CELLS, ModelConfig, SentimentClassifier
 from models.text import train_word_tokenizer
@@ -99,7 +100,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-after-steps", type=int, default=None, help="end this sitting after N steps (resume later)")
     p.add_argument("--time-limit-min", type=float, default=None, help="end this sitting after N minutes (resume later)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    p.add_argument(
+        "--teachers",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="finished run folders whose mean soft answers the model also learns (distillation)",
+    )
+    p.add_argument(
+        "--distill-weight", type=float, default=0.5, help="with --teachers: share of the soft-target loss (0..1)"
+    )
+    p.add_argument(
+        "--distill-temperature", type=float, default=2.0, help="with --teachers: softening of the teachers' answers"
+    )
     return p
+
+
+def command_line(recipe: dict) -> str:
+    """The ``lstm-serve train sentiment`` command that reproduces ``recipe``: the options off their defaults."""
+    defaults = recipe_of(build_parser().parse_args([]))
+    parts = ["lstm-serve train sentiment"]
+    for action in build_parser()._actions:
+        key = action.dest
+        if key not in defaults or recipe.get(key, defaults[key]) == defaults[key]:
+            continue
+        flag = action.option_strings[0]
+        value = recipe[key]
+        if value is True:
+            parts.append(flag)
+        elif isinstance(value, list):
+            parts += [flag, *map(str, value)]
+        else:
+            parts += [flag, str(value)]
+    return " ".join(parts)
 
 
 def training_batches(lengths: Sequence[int], batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -136,6 +169,35 @@ def load_data(args: argparse.Namespace) -> tuple[Split, Split]:
     return train_split.head(args.limit_train), val_split.head(args.limit_val)
 
 
+def teacher_targets(
+    teachers: Sequence[Path], temperature: float, tokenizer: Tokenizer, splits: dict[str, tuple[list, list]]
+) -> tuple[np.ndarray, dict]:
+    """The teachers' mean softened answers on the training items, and what they score on validation.
+
+    ``splits`` maps "train" and "val" to (texts, ids); the report gets each teacher's and the
+    ensemble's validation accuracy, so a student's score can be read against what it learned from.
+    """
+    loaded = [Teacher.load(run) for run in teachers]
+    student_json = tokenizer.to_str()
+    per_split = {
+        name: [t.probabilities(texts, student_json, ids) for t in loaded] for name, (texts, ids) in splits.items()
+    }
+    soft = ensemble_probabilities(per_split["train"], temperature)
+    return soft, {"train": per_split["train"], "val": per_split["val"]}
+
+
+def distillation_summary(teachers: Sequence[Path], val_probabilities: list, val_labels: np.ndarray) -> dict:
+    def accuracy(p: np.ndarray) -> float:
+        return float((p.argmax(axis=1) == val_labels).mean())
+
+    return {
+        "teachers": [
+            {"run": str(run), "val_accuracy": accuracy(p)} for run, p in zip(teachers, val_probabilities, strict=True)
+        ],
+        "ensemble_val_accuracy": accuracy(np.mean(val_probabilities, axis=0)),
+    }
+
+
 def train(args: argparse.Namespace) -> dict:
     """Train one model into ``args.out`` (continuing from ``last.pt`` if there); returns the report.
 
@@ -158,6 +220,19 @@ def train(args: argparse.Namespace) -> dict:
     val_ids = encode_words(tokenizer, val_split.texts, args.max_length)
     train_labels = np.asarray(train_split.labels, dtype=np.int64)
     val_labels = np.asarray(val_split.labels, dtype=np.int64)
+    soft_targets, distillation = None, None
+    if args.teachers:
+        soft_targets, teacher_probabilities = teacher_targets(
+            args.teachers,
+            args.distill_temperature,
+            tokenizer,
+            {"train": (train_split.texts, train_ids), "val": (val_split.texts, val_ids)},
+        )
+        distillation = distillation_summary(args.teachers, teacher_probabilities["val"], val_labels) | {
+            "weight": args.distill_weight,
+            "temperature": args.distill_temperature,
+        }
+        print(f"teachers: ensemble val accuracy {distillation['ensemble_val_accuracy']:.4f}", flush=True)
 
     config = ModelConfig(
         vocab_size=tokenizer.get_vocab_size(),
@@ -212,7 +287,6 @@ def train(args: argparse.Namespace) -> dict:
         stopper.saved()
 
     stopper = Stopper(args.checkpoint_every_min, args.stop_after_steps, args.time_limit_min)
-    loss_fn = nn.CrossEntropyLoss()
     sitting_started = time.perf_counter()
     base_seconds = state["train_seconds"]
     while not state["finished"] and state["epoch"] < args.epochs:
@@ -236,7 +310,11 @@ def train(args: argparse.Namespace) -> dict:
             input_ids = word_dropout(input_ids, args.word_dropout)
             target = torch.from_numpy(train_labels[batch]).to(device)
             logits = model(input_ids.to(device), lengths.to(device))
-            loss = loss_fn(logits, target)
+            if soft_targets is None:
+                loss = nn.functional.cross_entropy(logits, target)
+            else:
+                soft = torch.from_numpy(soft_targets[batch]).to(device)
+                loss = distillation_loss(logits, target, soft, args.distill_weight, args.distill_temperature)
             optimizer.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), args.clip)
@@ -318,6 +396,7 @@ def train(args: argparse.Namespace) -> dict:
             f"(seed {args.split_seed})",
             **metrics,
         },
+        **({"distillation": distillation} if distillation else {}),
         "gradient_reach": {"trained": gradient_reach(model, val_ids), "initial": gradient_reach(initial, val_ids)},
         "train_seconds": state["train_seconds"],
         "total_seconds": time.perf_counter() - started,
