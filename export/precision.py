@@ -43,6 +43,7 @@ import onnxruntime as ort
 from onnx import TensorProto, numpy_helper
 from tokenizers import Tokenizer
 
+from export.fp16_storage import store_exact_fp16
 from lstm_core.checksums import sha256_of
 from lstm_core.cost import CARD_KEY, CostModel
 from lstm_core.encoding import encode_source, encode_words
@@ -71,7 +72,7 @@ class GateFailed(RuntimeError):
 
 
 def plain_fp32(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Undo the fp16 weight storage (``export.translation.store_fp16``): fp16 initializer + Cast -> fp32.
+    """Undo the fp16 weight storage (``export.fp16_storage.store_fp16``): fp16 initializer + Cast -> fp32.
 
     The quantizer and the fp16 converter both want the weights as plain initializers. Converting the
     stored fp16 values to fp32 is exact, so the variants start from exactly the served fp32 weights.
@@ -128,24 +129,6 @@ def build_int8(source: Path, target: Path, op_types: Sequence[str] | None = None
     if store_exact_fp16(model.graph):
         onnx.save(model, str(target))
     onnx.checker.check_model(str(target))
-
-
-def store_exact_fp16(graph: onnx.GraphProto, min_elements: int = 1024) -> int:
-    """Store large fp32 initializers that fp16 holds exactly as fp16 + Cast(to=FLOAT): same values, half the bytes."""
-    casts = []
-    for init in graph.initializer:
-        if init.data_type != TensorProto.FLOAT:
-            continue
-        array = numpy_helper.to_array(init)
-        if array.size < min_elements or not np.array_equal(array.astype(np.float16).astype(np.float32), array):
-            continue
-        name = init.name
-        init.CopyFrom(numpy_helper.from_array(array.astype(np.float16), name=f"{name}__fp16"))
-        cast = onnx.helper.make_node("Cast", [f"{name}__fp16"], [name], to=TensorProto.FLOAT, name=f"{name}__cast")
-        casts.append(cast)
-    for node in reversed(casts):
-        graph.node.insert(0, node)
-    return len(casts)
 
 
 def build_fp16(source: Path, target: Path) -> None:

@@ -2,6 +2,9 @@
 
 Writes ``model.onnx`` (inputs ``input_ids`` INT64 [batch, time] and ``lengths`` INT64 [batch], output
 ``probabilities`` FP32 [batch, 2], softmax inside), the run's ``tokenizer.json`` and ``model.json``.
+Weights are stored as fp16 and computed in fp32 (``export.fp16_storage``): that halves the graph, so the
+folder with its variants stays under 10 MB; the torch model is rounded the same way before parity, and
+the card's validation accuracy is measured on the exported graph itself.
 Before anything is published, onnxruntime is run on real, variable-length validation sentences: the export
 fails if it differs from torch by more than ``--tolerance`` or if a sentence's probabilities change
 when it is batched with longer ones (padding must not change answers). The precision variants
@@ -24,6 +27,7 @@ import onnxruntime as ort
 import torch
 from tokenizers import Tokenizer
 
+from export.fp16_storage import round_to_fp16, store_exact_fp16
 from export.precision import DEFAULT_VARIANTS, add_variants, parse_precisions
 from export.repository import DEFAULT_REPOSITORY, next_version, publish_version, utc_now
 from lstm_core.cost import CARD_KEY, CostModel, InconsistentTimings, ProbeShape, fit_cost_model
@@ -35,6 +39,7 @@ from lstm_core.tokens import UNK_ID
 from models.common.runs import git_commit
 from models.sentiment import LABELS
 from models.sentiment.data import sentence_split
+from models.sentiment.evaluate import accuracy_report, length_sorted_batches
 from models.sentiment.model import ModelConfig, ProbabilityHead, SentimentClassifier
 from models.sentiment.train import CHECKPOINT, TOKENIZER, command_line
 
@@ -118,7 +123,10 @@ def export_onnx(model: SentimentClassifier, sample: list[list[int]], path: Path)
             opset_version=OPSET,
             dynamo=False,
         )
-    onnx.checker.check_model(onnx.load(str(path)))
+    graph = onnx.load(str(path))
+    store_exact_fp16(graph.graph)  # the weights round_to_fp16 rounded; biases and the like stay fp32
+    onnx.checker.check_model(graph)
+    onnx.save(graph, str(path))
 
 
 def check_graph(session: ort.InferenceSession) -> None:
@@ -151,8 +159,25 @@ def check_parity(model: SentimentClassifier, session: ort.InferenceSession, sequ
         "padding_max_abs_diff": float(np.abs(batched - alone).max()),
         "n_sentences": len(sequences),
         "lengths": {"min": int(lengths.min()), "max": int(lengths.max())},
-        "reference": "torch (eval mode, fp32) vs onnxruntime CPUExecutionProvider on real validation sentences",
+        "reference": "torch (eval mode, fp32, weights rounded through fp16 as stored) vs onnxruntime "
+        "CPUExecutionProvider on real validation sentences",
     }
+
+
+def graph_validation(session: ort.InferenceSession, tokenizer: Tokenizer, checkpoint: dict) -> dict:
+    """Accuracy of the exported graph on the run's own validation split, overall and by length.
+
+    Measured on the graph, not taken from the run: the graph computes with fp16-rounded weights, and
+    the card must state what the served file does (``tests/test_sentiment_shipped.py`` recomputes it).
+    """
+    recipe = checkpoint["report"]["recipe"]
+    _, val = sentence_split(recipe["heldout"], recipe["split_seed"])
+    val = val.head(recipe.get("limit_val"))
+    ids = encode_words(tokenizer, val.texts, checkpoint["max_length"])
+    probabilities = np.zeros((len(ids), len(LABELS)), dtype=np.float32)
+    for batch in length_sorted_batches([len(s) for s in ids], 256):
+        probabilities[batch] = run_onnx(session, [ids[i] for i in batch])
+    return accuracy_report(probabilities, val.labels, [len(s) for s in ids])
 
 
 def measure_cost(session: ort.InferenceSession) -> CostModel | None:
@@ -173,10 +198,12 @@ def measure_cost(session: ort.InferenceSession) -> CostModel | None:
         return None
 
 
-def model_card(checkpoint: dict, parity: dict, version: str, cost: CostModel | None) -> ModelCard:
-    """``model.json`` from what the run recorded and what the export measured."""
+def model_card(
+    checkpoint: dict, parity: dict, version: str, cost: CostModel | None, validation: dict | None = None
+) -> ModelCard:
+    """``model.json`` from what the run recorded and what the export measured (``validation``: on the graph)."""
     report = checkpoint["report"]
-    validation = report["validation"]
+    validation = {**report["validation"], **(validation or {})}
     return ModelCard(
         name=MODEL_NAME,
         version=version,
@@ -233,6 +260,7 @@ def export_run(
 ) -> Path:
     """Export, check and publish; returns the version folder. Raises ``ExportCheckError`` on a failed check."""
     model, checkpoint, tokenizer = load_run(run_dir)
+    round_to_fp16(model)  # what the fp16-stored graph will compute with
     version = version or next_version(repository, MODEL_NAME)
     sequences = parity_sentences(tokenizer, checkpoint["max_length"], parity_count)
     (repository / MODEL_NAME).mkdir(parents=True, exist_ok=True)
@@ -254,7 +282,8 @@ def export_run(
                 "not publishing"
             )
         shutil.copyfile(run_dir / TOKENIZER, staging / TOKENIZER)
-        card = model_card(checkpoint, parity, version, measure_cost(session))
+        validation = graph_validation(session, tokenizer, checkpoint)
+        card = model_card(checkpoint, parity, version, measure_cost(session), validation)
         if precisions:
             add_variants(staging, card, precisions)
         return publish_version(staging, card, repository, overwrite=overwrite)

@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto
 from tokenizers import Tokenizer
 from torch import nn
 
 from export.decode_graphs import check_graphs, check_search, write_graphs
+from export.fp16_storage import round_to_fp16, store_fp16
 from export.precision import DEFAULT_VARIANTS, add_variants, parse_precisions
 from export.repository import DEFAULT_REPOSITORY, next_version, publish_version, utc_now
 from lstm_core.cost import CARD_KEY, CostModel, InconsistentTimings, fit_cost_model
@@ -49,7 +50,6 @@ from models.translation.subwords import decode_target
 from models.translation.train import CHECKPOINT, SRC_TOKENIZER, TGT_TOKENIZER, load_checkpoint
 
 OPSET = 17
-MIN_FP16_ELEMENTS = 1024  # small tensors (biases) stay fp32: no size to win, no precision to lose
 
 
 class EncoderGraph(nn.Module):
@@ -73,60 +73,6 @@ class DecoderStepGraph(nn.Module):
     def forward(self, prev_token, state_index, h, c, enc_out, enc_keys, src_mask):
         h, c = h.index_select(0, state_index), c.index_select(0, state_index)
         return self.model.decode_step(prev_token, h, c, enc_out, enc_keys, src_mask)
-
-
-def round_to_fp16(model: Seq2Seq) -> None:
-    """Round the torch weights exactly as the fp16 initializers will be, so parity compares equal weights."""
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.numel() >= MIN_FP16_ELEMENTS:
-                p.copy_(p.half().float())
-
-
-def drop_transposed_copies(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
-    """Replace initializers that are the transpose of another one by a Transpose node.
-
-    The tied output projection (``x @ tgt_embed.weight.T``) is constant-folded by the exporter into a
-    second, transposed copy of the target embedding — 3 MB of the decoder for nothing. onnxruntime
-    folds the Transpose back at load, so the served math is unchanged.
-    """
-    arrays = {i.name: numpy_helper.to_array(i) for i in graph.initializer if len(i.dims) == 2}
-    by_shape: dict[tuple, list[str]] = {}
-    for name, array in arrays.items():
-        by_shape.setdefault(array.shape, []).append(name)
-    nodes, dropped = [], set()
-    for name, array in arrays.items():
-        if array.size < MIN_FP16_ELEMENTS or name in dropped:
-            continue
-        for other in by_shape.get(array.shape[::-1], []):
-            if other != name and other not in dropped and np.array_equal(arrays[other], array.T):
-                nodes.append(helper.make_node("Transpose", [name], [other], perm=[1, 0], name=f"{other}__transpose"))
-                dropped.add(other)
-    kept = [i for i in graph.initializer if i.name not in dropped]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    return nodes
-
-
-def store_fp16(path: Path) -> None:
-    """Rewrite large fp32 initializers as fp16 + Cast(to=FLOAT); the graph's math stays fp32."""
-    graph_model = onnx.load(str(path))
-    graph = graph_model.graph
-    transposes = drop_transposed_copies(graph)
-    casts = []
-    for init in graph.initializer:
-        if init.data_type != TensorProto.FLOAT:
-            continue
-        array = numpy_helper.to_array(init)
-        if array.size < MIN_FP16_ELEMENTS:
-            continue
-        name = init.name
-        init.CopyFrom(numpy_helper.from_array(array.astype(np.float16), name=f"{name}__fp16"))
-        casts.append(helper.make_node("Cast", [f"{name}__fp16"], [name], to=TensorProto.FLOAT, name=f"{name}__cast"))
-    for node in reversed(casts + transposes):  # casts first: the transposes read their outputs
-        graph.node.insert(0, node)
-    onnx.checker.check_model(graph_model)
-    onnx.save(graph_model, str(path))
 
 
 def export_graphs(model: Seq2Seq, folder: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from tokenizers import Tokenizer
@@ -18,6 +19,7 @@ from export.sentiment import main as export_main
 from lstm_core.encoding import encode_words
 from lstm_core.model_card import ModelCard
 from lstm_core.padding import pad_batch
+from models.sentiment.data import sentence_split
 from models.sentiment.train import main as train_main
 
 TINY = ["--limit-train", "300", "--limit-dev", "100", "--epochs", "1", "--emb-dim", "16", "--hidden", "12"]
@@ -58,6 +60,27 @@ def test_export_publishes_a_checked_version(tiny_run: Path, tmp_path: Path) -> N
     assert probabilities.shape == (4, 2) and probabilities.dtype == np.float32
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-6)
     assert lengths.tolist()[1] == 1 and lengths.tolist()[3] == card.max_length
+
+
+def test_export_stores_rounded_weights_and_states_the_graphs_accuracy(tiny_run: Path, tmp_path: Path) -> None:
+    """Large weights travel as fp16 (half the folder) and the card's accuracy is what the graph scores."""
+    assert export_main([str(tiny_run), "--repository", str(tmp_path), "--version", "1", "--precisions", ""]) == 0
+    folder = tmp_path / "sentiment" / "1"
+    graph = onnx.load(str(folder / "model.onnx")).graph
+    stored = {i.name: i for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT16}
+    assert "model.embedding.weight__fp16" in stored  # 1,500 × 16: the largest tensor
+    casts = {n.input[0] for n in graph.node if n.op_type == "Cast"}
+    assert set(stored) <= casts  # each is cast back to fp32 before use
+
+    card = ModelCard.load(folder)
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    val = sentence_split()[1].head(100)  # the tiny run's --limit-dev
+    ids, lengths = pad_batch(encode_words(tokenizer, val.texts, card.max_length))
+    probabilities = session.run(["probabilities"], {"input_ids": ids, "lengths": lengths})[0]
+    accuracy = float((probabilities.argmax(axis=1) == np.asarray(val.labels)).mean())
+    assert card.metrics["validation_accuracy"] == pytest.approx(accuracy, abs=1e-9)
+    assert card.metrics["validation_n"] == 100
 
 
 def test_existing_version_needs_overwrite(tiny_run: Path, tmp_path: Path) -> None:

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
+from export.fp16_storage import round_to_fp16
 from export.translation import main as export_main
-from export.translation import round_to_fp16
 from lstm_core.encoding import encode_source
 from lstm_core.model_card import ModelCard
 from lstm_core.padding import pad_batch
