@@ -85,6 +85,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.workers", description=__doc__.split("\n\n")[0])
     p.add_argument("--baseline", default="d32e1cb", help="commit to serve from a git worktree as the baseline")
     p.add_argument("--baseline-worktree", type=Path, default=Path(tempfile.gettempdir()) / "lstm-serve-baseline")
+    p.add_argument(
+        "--baseline-cmd", default="-m service.cli serve", help="python arguments that start the baseline (d32e1cb's)"
+    )
     p.add_argument("--duration", type=float, default=5.0)
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--repeats", type=int, default=3)
@@ -170,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     base = baseline_worktree(args.baseline, args.baseline_worktree)
     servers: dict[str, ServerHandle] = {}
     try:
-        servers["baseline"] = launch_server({}, logs, repo=base, command=("-m", "service.cli", "serve"))
+        servers["baseline"] = launch_server({}, logs, repo=base, command=tuple(args.baseline_cmd.split()))
         servers["workers=1"] = launch_server({"workers": 1}, logs)
         servers[f"workers={args.workers}"] = launch_server({"workers": args.workers}, logs)
         names = list(servers)

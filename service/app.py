@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
+from service import heap
 from service.api import health, native, openapi, v2
 from service.api.common import DirectRoute
 from service.dataplane import DataPlane
@@ -43,6 +44,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         registry.start()
+        heap.settle()  # the app and its modules are built; models load beside it (few Python objects)
         yield
         log.info("shutting down: draining queued work")
         await registry.close()

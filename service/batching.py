@@ -88,6 +88,7 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._last_batch_size = 0
         # One thread: one batch at a time per model, so onnxruntime's own threads are not oversubscribed.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batch-{model}-{version}")
@@ -105,7 +106,8 @@ class Batcher:
     # ---- event-loop side -------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher {self._name}")
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._run(), name=f"batcher {self._name}")
 
     @property
     def queued(self) -> int:
@@ -117,7 +119,8 @@ class Batcher:
             raise ShuttingDown("the server is shutting down")
         if self._count + len(items) > self.config.max_queue_items:
             raise QueueFull(f"queue of {self._name} is full ({self._count}/{self.config.max_queue_items} items)")
-        job = Job(asyncio.get_running_loop().create_future(), [None] * len(items), len(items), deadline)
+        loop = self._loop or asyncio.get_running_loop()  # set by start(): no lookup (a getpid call) per request
+        job = Job(loop.create_future(), [None] * len(items), len(items), deadline)
         now = time.monotonic()
         for index, item in enumerate(items):
             queue = self._queues.get(item.key)

@@ -98,7 +98,8 @@ class ContinuousBatcher:
         """Queue the sentences of one request; raises ``QueueFull``/``ShuttingDown`` at once instead of waiting."""
         if self._closing:
             raise ShuttingDown("the server is shutting down")
-        job = Job(asyncio.get_running_loop().create_future(), [None] * len(items), len(items), deadline)
+        loop = self._loop or asyncio.get_running_loop()  # set by start(): no lookup (a getpid call) per request
+        job = Job(loop.create_future(), [None] * len(items), len(items), deadline)
         now = time.monotonic()
         sentences = [self.engine.sentence(item, _Tag(job, i, now)) for i, item in enumerate(items)]
         with self._lock:

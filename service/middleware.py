@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import logging
 import os
 import re
@@ -45,9 +46,27 @@ _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
 REJECTED_REASONS = {401: "unauthorized", 408: "slow_client", 429: "rate_limited"}
 
 
-def new_request_id() -> str:
-    """32 random hex digits (what ``uuid4().hex`` gave, at a fifth of its cost: no UUID object)."""
-    return os.urandom(16).hex()
+class _RequestIds:
+    """32 hex digits: 16 random per process, then a counter. Unique, like ``uuid4().hex``, without a syscall.
+
+    Why: ``os.urandom`` per request was 2.6% of a one-process server's event loop at c=64 (a ``getrandom``
+    system call each time). IDs correlate logs; they are not secrets. The random half is drawn again in
+    a forked child (``os.register_at_fork``), so processes never share a sequence.
+    """
+
+    def __init__(self) -> None:
+        self._reseed()
+        os.register_at_fork(after_in_child=self._reseed)
+
+    def _reseed(self) -> None:
+        self._prefix = os.urandom(8).hex()
+        self._count = itertools.count()
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._count):016x}"
+
+
+new_request_id = _RequestIds()
 
 
 @types.coroutine

@@ -151,7 +151,12 @@ class RemoteBatcher:
         req_id = next(self._ids)
         job = link.submit(req_id, self.model, items, deadline)
         self._links_of_job[id(job)] = (link, req_id)
-        job.future.add_done_callback(lambda _: self._links_of_job.pop(id(job), None))
+        # Forget the job once its worker has answered (or is lost). A future failed here while the worker
+        # still holds the request (the deadline, the client gone) keeps its entry: cancel() sends the
+        # worker a cancel for it, so its queued items are dropped there too.
+        job.future.add_done_callback(
+            lambda _: None if req_id in link.pending else self._links_of_job.pop(id(job), None)
+        )
         return job
 
     def cancel(self, job: Job) -> None:

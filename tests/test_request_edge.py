@@ -11,10 +11,10 @@ import pytest
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from service.api.common import DirectRoute
+from service.api.common import DirectRoute, disconnected
 from service.metrics import Metrics
 from service.middleware import CLIENT_GONE_KEY, BodyReader, receive_now
-from service.protocol import HeaderTimeoutMixin
+from service.protocol import DISCONNECT_KEY, DisconnectHook, HeaderTimeoutMixin
 
 
 def _scope(headers: list[tuple[bytes, bytes]] | None = None) -> dict[str, Any]:
@@ -205,6 +205,9 @@ class _Transport:
 class _Cycle:
     response_complete = False
 
+    def __init__(self) -> None:
+        self.scope: dict[str, Any] = {}  # uvicorn's cycle holds the request's scope
+
 
 def _connected() -> tuple[_FakeLoop, _Protocol, _Transport]:
     loop = _FakeLoop()
@@ -243,6 +246,68 @@ def test_a_request_in_progress_is_not_closed_and_its_response_arms_the_deadline_
     assert not transport.closed
     loop.advance(0.2)
     assert transport.closed
+
+
+def test_a_lost_connection_tells_the_request_being_served_and_no_finished_one() -> None:
+    _, protocol, _ = _connected()
+    finished = _Cycle()
+    protocol.cycle = finished
+    heard: list[str] = []
+    finished.scope[DISCONNECT_KEY].subscribe(lambda: heard.append("finished"))
+    finished.response_complete = True
+    protocol.on_response_complete()
+    served = _Cycle()
+    protocol.cycle = served
+    hook = served.scope[DISCONNECT_KEY]
+    unsubscribe = hook.subscribe(lambda: heard.append("gone"))
+    hook.subscribe(lambda: heard.append("also gone"))
+    unsubscribe()  # a request that stopped waiting hears nothing
+    hook.subscribe(lambda: heard.append("served"))
+    protocol.connection_lost(None)
+    assert heard == ["also gone", "served"]
+    hook.subscribe(lambda: heard.append("late"))  # already lost: told at once
+    assert heard[-1] == "late"
+
+
+def test_one_failing_disconnect_callback_does_not_silence_the_others(caplog) -> None:
+    hook = DisconnectHook()
+    heard: list[int] = []
+    hook.subscribe(lambda: 1 / 0)
+    hook.subscribe(lambda: heard.append(1))
+    hook.fire()
+    assert heard == [1] and "disconnect callback failed" in caplog.text
+    hook.fire()  # once only
+    assert heard == [1]
+
+
+def test_without_the_protocols_hook_a_task_listens_for_the_disconnect() -> None:
+    """Another ASGI server (or a test client) puts no hook in the scope: receive() tells instead."""
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        messages = asyncio.Queue()
+
+        async def receive() -> dict[str, Any]:
+            return await messages.get()
+
+        scope = {"type": "http", "method": "POST", "path": "/", "headers": []}
+        heard: list[str] = []
+        disconnected(Request(scope, receive)).subscribe(lambda: heard.append("gone"))
+        await messages.put({"type": "http.request", "body": b"", "more_body": False})
+        await asyncio.sleep(0)
+        before = list(heard)
+        await messages.put({"type": "http.disconnect"})
+        for _ in range(5):
+            await asyncio.sleep(0)
+        quiet: list[str] = []
+        unsubscribe = disconnected(Request(scope, receive)).subscribe(lambda: quiet.append("gone"))
+        unsubscribe()  # the request was answered: its listener is cancelled, and tells nobody
+        await messages.put({"type": "http.disconnect"})
+        for _ in range(5):
+            await asyncio.sleep(0)
+        return before + heard, quiet
+
+    heard, quiet = asyncio.run(scenario())
+    assert heard == ["gone"] and quiet == []
 
 
 def test_a_direct_route_takes_only_the_request() -> None:

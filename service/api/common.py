@@ -3,13 +3,15 @@ route class of the hot path."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Generator
+import asyncio
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
 from service.dataplane import DataPlane
+from service.protocol import DISCONNECT_KEY
 from service.registry import ServedModels
 
 
@@ -21,18 +23,27 @@ def registry(request: Request) -> ServedModels:
     return request.app.state.registry
 
 
-class disconnected:  # lower case: used like the coroutine function it replaced
-    """Resolves when the client goes away (the body is already read, so the next message is the disconnect).
+class disconnected:  # lower case: used like the function it replaced
+    """A request's "client gone" signal for ``DataPlane.infer`` (``service.dataplane.ClientWatch``).
 
-    An awaitable that starts nothing until awaited: a request refused before it is queued never awaits
-    it, and a coroutine made for it would be reported as "never awaited" in the log, once per request.
+    Served by this service's protocol, the request's scope holds a ``DisconnectHook`` that the
+    connection fires when it is lost: subscribing costs a list append. Under another server (a test
+    client, another ASGI server) a task waits for the ``http.disconnect`` message instead (the body is
+    already read, so the next message is the disconnect), as every request did before.
     """
+
+    __slots__ = ("request",)
 
     def __init__(self, request: Request) -> None:
         self.request = request
 
-    def __await__(self) -> Generator[Any, None, None]:
-        return self._wait().__await__()
+    def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
+        hook = self.request.scope.get(DISCONNECT_KEY)
+        if hook is not None:
+            return hook.subscribe(callback)
+        task = asyncio.get_running_loop().create_task(self._wait())
+        task.add_done_callback(lambda t: None if t.cancelled() or t.exception() is not None else callback())
+        return task.cancel
 
     async def _wait(self) -> None:
         while (await self.request.receive())["type"] != "http.disconnect":
