@@ -66,9 +66,9 @@ def create_app(
     app.state.registry = registry
     app.state.dataplane = dataplane
     install_error_handlers(app)
-    app.include_router(native.build_router(tasks, settings))
-    app.include_router(health.router)
-    app.include_router(v2.router)
+    routers = (native.build_router(tasks, settings), health.router, v2.router)
+    for router in routers:
+        app.include_router(router)
     openapi.install(app, settings)
     # The last added is the outermost. At request time: request id and the 500 handler, metrics (they see
     # every answer), CORS (its headers on every answer, preflights answered before auth), API keys, rate
@@ -93,7 +93,11 @@ def create_app(
             expose_headers=["X-Request-ID", "Retry-After", "Inference-Header-Content-Length"],
         )
     route_tasks = {pipeline.wire.native_path: task for task, pipeline in tasks.items()}
-    direct = {r.path: r for r in app.routes if isinstance(r, DirectRoute) and r.methods == {"POST"}}
+    # From the routers themselves: FastAPI 0.165 keeps an included router as one ``_IncludedRouter`` entry
+    # in ``app.routes``, so scanning those found no route and every request took the long way.
+    direct = {
+        r.path: r for router in routers for r in router.routes if isinstance(r, DirectRoute) and r.methods == {"POST"}
+    }
     app.add_middleware(
         RequestEdgeMiddleware,
         metrics=metrics,

@@ -310,6 +310,23 @@ def test_without_the_protocols_hook_a_task_listens_for_the_disconnect() -> None:
     assert heard == ["gone"] and quiet == []
 
 
+def test_the_served_app_calls_every_native_task_route_directly() -> None:
+    """The app as the server builds it: its edge has each task's POST route, found through the routers.
+
+    (``app.routes`` holds an included router as one entry in FastAPI 0.165: scanning it found none, and
+    every request went through the router stack unnoticed, since the answers are the same.)
+    """
+    from service.app import create_app
+    from service.pipelines.registry import discover
+    from service.settings import Settings
+
+    app = create_app(Settings(warmup=False))
+    edge = next(m for m in app.user_middleware if m.cls.__name__ == "RequestEdgeMiddleware")
+    native_paths = {pipeline.wire.native_path for pipeline in discover([]).values()}
+    assert native_paths and set(edge.kwargs["direct"]) == native_paths
+    assert all(isinstance(route, DirectRoute) for route in edge.kwargs["direct"].values())
+
+
 def test_a_direct_route_takes_only_the_request() -> None:
     async def direct(request: Request) -> JSONResponse:
         return JSONResponse({})
