@@ -135,13 +135,17 @@ def test_killed_front_end_is_replaced_while_the_other_serves(start_server) -> No
 
 
 def test_killed_inference_worker_fails_pending_at_once_then_serving_resumes(start_server) -> None:
-    server = start_server(fresh=True, workers=2, max_batch_size=1, precision="fp32")  # fp32: the slower graph
+    # fp32: the slower graph; 256 long texts a request (the default per-request cost budget), so the
+    # first cannot finish before the eighth is in
+    server = start_server(
+        fresh=True, workers=2, max_batch_size=1, precision="fp32", max_texts_per_request=256, max_queue_items=4096
+    )
     results: list[tuple[int, float]] = []
     lock = threading.Lock()
 
     def client() -> None:
-        with httpx.Client(timeout=60) as http:  # 64 long items one at a time: seconds of queued work
-            response = http.post(f"{server.url}/v1/sentiment", json={"texts": LONG * 64})
+        with httpx.Client(timeout=60) as http:  # 256 long items one at a time: seconds of queued work
+            response = http.post(f"{server.url}/v1/sentiment", json={"texts": LONG * 256})
             with lock:
                 results.append((response.status_code, time.monotonic()))
 

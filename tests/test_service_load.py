@@ -139,7 +139,12 @@ def test_disconnected_client_items_are_dropped(start_server, workers: int) -> No
 
 
 def test_sigterm_finishes_accepted_work_and_exits_0(start_server, workers: int) -> None:
-    server = start_server(fresh=True, max_batch_size=1, workers=workers, precision="fp32")
+    # 256 long texts a request (the default per-request cost budget), run one at a time: the first request
+    # cannot finish before the last one is in (with 64 it once did on a 2-core CI machine once the request
+    # path got faster)
+    server = start_server(
+        fresh=True, max_batch_size=1, workers=workers, precision="fp32", max_texts_per_request=256, max_queue_items=4096
+    )
     n = 12
     results: list[httpx.Response | Exception] = []
     lock = threading.Lock()
@@ -148,8 +153,8 @@ def test_sigterm_finishes_accepted_work_and_exits_0(start_server, workers: int) 
 
     def client(http: httpx.Client) -> None:
         barrier.wait()
-        try:  # 64 items of 128 tokens each, run one at a time: seconds of queued work in all
-            response = http.post(f"{server.url}/v1/sentiment", json={"texts": LONG * 64})
+        try:  # 256 items of 128 tokens each, run one at a time: seconds of queued work in all
+            response = http.post(f"{server.url}/v1/sentiment", json={"texts": LONG * 256})
         except Exception as exc:  # recorded and asserted on below
             response = exc
         with lock:
@@ -173,7 +178,7 @@ def test_sigterm_finishes_accepted_work_and_exits_0(start_server, workers: int) 
     for response in results:
         assert isinstance(response, httpx.Response), response
         assert response.status_code == 200, response.text
-        assert len(response.json()["results"]) == 64
+        assert len(response.json()["results"]) == 256
     assert "shutdown complete" in server.log()
     for http in clients:
         http.close()
