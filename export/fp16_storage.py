@@ -57,40 +57,40 @@ def drop_transposed_copies(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
     return nodes
 
 
-def store_fp16(path: Path) -> None:
-    """Rewrite large fp32 initializers as fp16 + Cast(to=FLOAT); the graph's math stays fp32."""
-    graph_model = onnx.load(str(path))
-    graph = graph_model.graph
-    transposes = drop_transposed_copies(graph)
+def _fp16_casts(graph: onnx.GraphProto, exact_only: bool, min_elements: int) -> list[onnx.NodeProto]:
+    """Rewrite large fp32 initializers as fp16 (``exact_only``: only those fp16 holds exactly); the Casts back.
+
+    The caller puts the returned nodes at the front of the graph, so every reader gets fp32 again.
+    """
     casts = []
     for init in graph.initializer:
         if init.data_type != TensorProto.FLOAT:
             continue
         array = numpy_helper.to_array(init)
-        if array.size < MIN_FP16_ELEMENTS:
+        half = array.astype(np.float16)
+        if array.size < min_elements or (exact_only and not np.array_equal(half.astype(np.float32), array)):
             continue
         name = init.name
-        init.CopyFrom(numpy_helper.from_array(array.astype(np.float16), name=f"{name}__fp16"))
+        init.CopyFrom(numpy_helper.from_array(half, name=f"{name}__fp16"))
         casts.append(helper.make_node("Cast", [f"{name}__fp16"], [name], to=TensorProto.FLOAT, name=f"{name}__cast"))
+    return casts
+
+
+def store_fp16(path: Path) -> None:
+    """Rewrite large fp32 initializers as fp16 + Cast(to=FLOAT); the graph's math stays fp32."""
+    graph_model = onnx.load(str(path))
+    graph = graph_model.graph
+    transposes = drop_transposed_copies(graph)
+    casts = _fp16_casts(graph, exact_only=False, min_elements=MIN_FP16_ELEMENTS)
     for node in reversed(casts + transposes):  # casts first: the transposes read their outputs
         graph.node.insert(0, node)
     onnx.checker.check_model(graph_model)
     onnx.save(graph_model, str(path))
 
 
-def store_exact_fp16(graph: onnx.GraphProto, min_elements: int = 1024) -> int:
+def store_exact_fp16(graph: onnx.GraphProto, min_elements: int = MIN_FP16_ELEMENTS) -> int:
     """Store large fp32 initializers that fp16 holds exactly as fp16 + Cast(to=FLOAT): same values, half the bytes."""
-    casts = []
-    for init in graph.initializer:
-        if init.data_type != TensorProto.FLOAT:
-            continue
-        array = numpy_helper.to_array(init)
-        if array.size < min_elements or not np.array_equal(array.astype(np.float16).astype(np.float32), array):
-            continue
-        name = init.name
-        init.CopyFrom(numpy_helper.from_array(array.astype(np.float16), name=f"{name}__fp16"))
-        cast = helper.make_node("Cast", [f"{name}__fp16"], [name], to=TensorProto.FLOAT, name=f"{name}__cast")
-        casts.append(cast)
+    casts = _fp16_casts(graph, exact_only=True, min_elements=min_elements)
     for node in reversed(casts):
         graph.node.insert(0, node)
     return len(casts)

@@ -195,6 +195,22 @@ def sentiment_gate_split() -> tuple[str, list[str], list[int]]:
     return split.name, split.texts, split.labels
 
 
+def sentiment_probabilities(
+    session: ort.InferenceSession, ids: Sequence[Sequence[int]], batch_size: int = 256
+) -> np.ndarray:
+    """A sentiment graph's probabilities in input order, from batches of similar length (padding costs
+    time, not answers)."""
+    order = np.argsort([len(s) for s in ids], kind="stable")
+    parts = []
+    for start in range(0, len(order), batch_size):
+        input_ids, lengths = pad_batch([ids[i] for i in order[start : start + batch_size]])
+        feeds = dict(zip(SENTIMENT_INPUTS, (input_ids, lengths), strict=True))
+        parts.append(session.run(list(SENTIMENT_OUTPUTS), feeds)[0])
+    out = np.empty_like(np.concatenate(parts))
+    out[order] = np.concatenate(parts)
+    return out
+
+
 class SentimentGate:
     graph_files = (SENTIMENT_FILE,)
     int8_op_types: tuple[str, ...] | None = None  # onnxruntime's default: LSTM, Gemm and the embedding's Gather
@@ -205,20 +221,8 @@ class SentimentGate:
         self.ids = encode_words(tokenizer, texts[:limit], card.max_length)
         self.labels = np.asarray(labels[:limit])
 
-    def probabilities(self, session: ort.InferenceSession, batch_size: int = 256) -> np.ndarray:
-        """Probabilities in input order, from batches of similar length (padding costs time, not answers)."""
-        order = np.argsort([len(s) for s in self.ids], kind="stable")
-        parts = []
-        for start in range(0, len(order), batch_size):
-            input_ids, lengths = pad_batch([self.ids[i] for i in order[start : start + batch_size]])
-            feeds = dict(zip(SENTIMENT_INPUTS, (input_ids, lengths), strict=True))
-            parts.append(session.run(list(SENTIMENT_OUTPUTS), feeds)[0])
-        out = np.empty_like(np.concatenate(parts))
-        out[order] = np.concatenate(parts)
-        return out
-
     def evaluate(self, files: Mapping[str, Path], provider: str) -> dict[str, Any]:
-        labels = self.probabilities(_session(files[SENTIMENT_FILE], provider)).argmax(axis=1)
+        labels = sentiment_probabilities(_session(files[SENTIMENT_FILE], provider), self.ids).argmax(axis=1)
         return {"labels": labels, "accuracy": float((labels == self.labels).mean())}
 
     def judge(self, reference: Mapping[str, Any], candidate: Mapping[str, Any]) -> dict[str, Any]:

@@ -28,7 +28,7 @@ import torch
 from tokenizers import Tokenizer
 
 from export.fp16_storage import round_to_fp16, store_exact_fp16
-from export.precision import DEFAULT_VARIANTS, add_variants, parse_precisions
+from export.precision import DEFAULT_VARIANTS, add_variants, parse_precisions, sentiment_probabilities
 from export.repository import DEFAULT_REPOSITORY, next_version, publish_version, utc_now
 from lstm_core.cost import CARD_KEY, CostModel, InconsistentTimings, ProbeShape, fit_cost_model
 from lstm_core.encoding import encode_words
@@ -39,9 +39,9 @@ from lstm_core.tokens import UNK_ID
 from models.common.runs import git_commit
 from models.sentiment import LABELS
 from models.sentiment.data import sentence_split
-from models.sentiment.evaluate import accuracy_report, length_sorted_batches
-from models.sentiment.model import ModelConfig, ProbabilityHead, SentimentClassifier
-from models.sentiment.train import CHECKPOINT, TOKENIZER, command_line
+from models.sentiment.evaluate import accuracy_report
+from models.sentiment.model import TOKENIZER, ProbabilityHead, SentimentClassifier, load_classifier
+from models.sentiment.train import command_line
 
 MODEL_NAME = "sentiment"
 ONNX_FILE = SENTIMENT_FILE
@@ -82,10 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_run(run_dir: Path) -> tuple[SentimentClassifier, dict, Tokenizer]:
     """The selected model (eval mode), its checkpoint dict and the run's tokenizer."""
-    checkpoint = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=True)
-    model = SentimentClassifier(ModelConfig(**checkpoint["config"]))
-    model.load_state_dict(checkpoint["state_dict"])
-    model.eval()
+    model, checkpoint = load_classifier(run_dir)
     return model, checkpoint, Tokenizer.from_file(str(run_dir / TOKENIZER))
 
 
@@ -174,10 +171,7 @@ def graph_validation(session: ort.InferenceSession, tokenizer: Tokenizer, checkp
     _, val = sentence_split(recipe["heldout"], recipe["split_seed"])
     val = val.head(recipe.get("limit_val"))
     ids = encode_words(tokenizer, val.texts, checkpoint["max_length"])
-    probabilities = np.zeros((len(ids), len(LABELS)), dtype=np.float32)
-    for batch in length_sorted_batches([len(s) for s in ids], 256):
-        probabilities[batch] = run_onnx(session, [ids[i] for i in batch])
-    return accuracy_report(probabilities, val.labels, [len(s) for s in ids])
+    return accuracy_report(sentiment_probabilities(session, ids), val.labels, [len(s) for s in ids])
 
 
 def measure_cost(session: ort.InferenceSession) -> CostModel | None:

@@ -71,8 +71,8 @@ def test_a_teacher_gives_the_same_answers_through_either_tokenizer_path(teachers
     teacher = Teacher.load(teachers[0])
     texts = ["a gripping , funny film", "dull and far too long", "!!!"]
     ids = encode_words(Tokenizer.from_str(teacher.tokenizer_json), texts, teacher.max_length)
-    shared = teacher.probabilities(texts, teacher.tokenizer_json, ids)
-    own = teacher.probabilities(texts, "another vocabulary", [[0]] * len(texts))
+    shared = teacher.probabilities(texts, ids, teacher.tokenizer_json)
+    own = teacher.probabilities(texts, [[0]] * len(texts), "another vocabulary")
     np.testing.assert_allclose(shared, own, atol=1e-6)
 
 

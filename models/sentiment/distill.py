@@ -23,10 +23,7 @@ from torch import nn
 
 from lstm_core.encoding import encode_words
 from models.sentiment.evaluate import predict_probabilities
-from models.sentiment.model import ModelConfig, SentimentClassifier
-
-CHECKPOINT = "checkpoint.pt"
-TOKENIZER = "tokenizer.json"
+from models.sentiment.model import CHECKPOINT, TOKENIZER, SentimentClassifier, load_classifier
 
 
 @dataclass
@@ -42,13 +39,10 @@ class Teacher:
     def load(cls, run: Path) -> Teacher:
         if not (run / CHECKPOINT).is_file():
             raise SystemExit(f"teacher {run} has no {CHECKPOINT}: train it first (lstm-serve train sentiment)")
-        saved = torch.load(run / CHECKPOINT, map_location="cpu", weights_only=False)
-        model = SentimentClassifier(ModelConfig(**saved["config"]))
-        model.load_state_dict(saved["state_dict"])
-        model.eval()
+        model, saved = load_classifier(run)
         return cls(run, model, (run / TOKENIZER).read_text(), int(saved["max_length"]))
 
-    def probabilities(self, texts: Sequence[str], student_tokenizer_json: str, student_ids: list) -> np.ndarray:
+    def probabilities(self, texts: Sequence[str], student_ids: list, student_tokenizer_json: str) -> np.ndarray:
         """Softmax probabilities ``[n, labels]``; reuses the student's ids when the vocabularies match."""
         if self.tokenizer_json == student_tokenizer_json:
             ids = [s[: self.max_length] for s in student_ids]

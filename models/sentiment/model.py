@@ -8,6 +8,7 @@ what makes a sentence's answer independent of what it is batched with.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -16,6 +17,9 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from lstm_core.tokens import PAD_ID
 
 CELLS: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+# What a run folder holds for export and for teaching (``models/sentiment/train.py`` writes them).
+CHECKPOINT = "checkpoint.pt"
+TOKENIZER = "tokenizer.json"
 
 
 @dataclass
@@ -100,3 +104,12 @@ class ProbabilityHead(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.model(input_ids, lengths), dim=-1)
+
+
+def load_classifier(run_dir: Path) -> tuple[SentimentClassifier, dict]:
+    """A run's selected model (eval mode) and its checkpoint dict (config, weights, max_length, report)."""
+    checkpoint = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=True)
+    model = SentimentClassifier(ModelConfig(**checkpoint["config"]))
+    model.load_state_dict(checkpoint["state_dict"])
+    model.eval()
+    return model, checkpoint

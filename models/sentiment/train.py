@@ -50,11 +50,8 @@ from models.sentiment.data import (
 )
 from models.sentiment.distill import Teacher, distillation_loss, ensemble_probabilities
 from models.sentiment.evaluate import accuracy_report, gradient_reach, predict_probabilities
-from models.sentiment.model import CELLS, ModelConfig, SentimentClassifier
+from models.sentiment.model import CELLS, CHECKPOINT, TOKENIZER, ModelConfig, SentimentClassifier
 from models.text import train_word_tokenizer
-
-CHECKPOINT = "checkpoint.pt"
-TOKENIZER = "tokenizer.json"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,20 +167,17 @@ def load_data(args: argparse.Namespace) -> tuple[Split, Split]:
 
 
 def teacher_targets(
-    teachers: Sequence[Path], temperature: float, tokenizer: Tokenizer, splits: dict[str, tuple[list, list]]
-) -> tuple[np.ndarray, dict]:
-    """The teachers' mean softened answers on the training items, and what they score on validation.
+    teachers: Sequence[Path], temperature: float, tokenizer: Tokenizer, train: tuple[list, list], val: tuple[list, list]
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The teachers' mean softened answers on the training items, and each teacher's answers on validation.
 
-    ``splits`` maps "train" and "val" to (texts, ids); the report gets each teacher's and the
-    ensemble's validation accuracy, so a student's score can be read against what it learned from.
+    ``train`` and ``val`` are (texts, ids); the validation answers go into the report, so a student's
+    score can be read against what it learned from.
     """
     loaded = [Teacher.load(run) for run in teachers]
     student_json = tokenizer.to_str()
-    per_split = {
-        name: [t.probabilities(texts, student_json, ids) for t in loaded] for name, (texts, ids) in splits.items()
-    }
-    soft = ensemble_probabilities(per_split["train"], temperature)
-    return soft, {"train": per_split["train"], "val": per_split["val"]}
+    on_train = [t.probabilities(*train, student_json) for t in loaded]
+    return ensemble_probabilities(on_train, temperature), [t.probabilities(*val, student_json) for t in loaded]
 
 
 def distillation_summary(teachers: Sequence[Path], val_probabilities: list, val_labels: np.ndarray) -> dict:
@@ -222,13 +216,14 @@ def train(args: argparse.Namespace) -> dict:
     val_labels = np.asarray(val_split.labels, dtype=np.int64)
     soft_targets, distillation = None, None
     if args.teachers:
-        soft_targets, teacher_probabilities = teacher_targets(
+        soft_targets, teachers_on_val = teacher_targets(
             args.teachers,
             args.distill_temperature,
             tokenizer,
-            {"train": (train_split.texts, train_ids), "val": (val_split.texts, val_ids)},
+            (train_split.texts, train_ids),
+            (val_split.texts, val_ids),
         )
-        distillation = distillation_summary(args.teachers, teacher_probabilities["val"], val_labels) | {
+        distillation = distillation_summary(args.teachers, teachers_on_val, val_labels) | {
             "weight": args.distill_weight,
             "temperature": args.distill_temperature,
         }
