@@ -24,7 +24,7 @@ from service.batching import Batcher
 from service.continuous import ContinuousBatcher
 from service.errors import ModelNotFound, ModelNotReady
 from service.metrics import Metrics
-from service.pipelines.base import DecodePolicy, NotCalibrated, Pipeline
+from service.pipelines.base import DecodePolicy, NotCalibrated, Pipeline, StepDecoding
 from service.pipelines.registry import pipeline_class
 from service.repository import scan
 from service.runtime import CUDA, ProviderUnavailable, Runtime, VariantUnavailable
@@ -242,13 +242,11 @@ class ModelRegistry(ServedModels):
         cuda = self.runtime is not None and self.runtime.provider == CUDA
         batching = self.settings.batching_for(card.serving, cuda=cuda)
         variant = pipeline.variant
-        # The cost model export measured on the served variant (fp32: the card's), until warm-up measures it here.
-        cost_model = CostModel.from_card(variant.serving if variant.precision != "fp32" else card.serving) or UNMEASURED
-        if self.settings.warmup:
-            count = await asyncio.to_thread(pipeline.warmup, batching.max_batch_size)
-            log.info("model %s/%s warmed up with %d batches", name, version, count)
-            cost_model = await asyncio.to_thread(calibrate, pipeline, batching, cost_model, cuda)
-        batcher = await self._batcher(pipeline, batching, name, version, cost_model)
+        engine = self._step_engine(pipeline)
+        if engine is not None:
+            batcher: Batcher | ContinuousBatcher = await self._continuous(engine, batching, name, version)
+        else:
+            batcher = await self._rounds(pipeline, batching, name, version, cuda)
         batcher.start()
         self.metrics.model_info.labels(name, version, self.runtime.provider, variant.precision).set(1)
         log.info(
@@ -264,11 +262,11 @@ class ModelRegistry(ServedModels):
         )
         return ServedModel(name, version, card, folder, pipeline, batcher, batching)
 
-    async def _batcher(
-        self, pipeline: Pipeline, batching: BatchingSettings, name: str, version: str, cost_model: CostModel
-    ) -> Batcher | ContinuousBatcher:
-        """Step-level batching where the pipeline offers it and ``decode_mode`` is continuous, else rounds."""
+    def _step_engine(self, pipeline: Pipeline) -> StepDecoding | None:
+        """Step-level decoding where the pipeline offers it and ``decode_mode`` is continuous, else None (rounds)."""
         s = self.settings
+        if s.decode_mode != "continuous":
+            return None
         policy = DecodePolicy(
             max_rows=s.decode_max_rows,
             max_positions=s.decode_max_positions,
@@ -276,9 +274,32 @@ class ModelRegistry(ServedModels):
             admit_wait_steps=s.decode_admit_wait_steps,
             threads=s.decode_threads(),
         )
-        engine = pipeline.step_decoding(policy) if s.decode_mode == "continuous" else None
-        if engine is None:
-            return Batcher(pipeline, batching, self.metrics, name, version, cost_model)
+        return pipeline.step_decoding(policy)
+
+    async def _rounds(
+        self, pipeline: Pipeline, batching: BatchingSettings, name: str, version: str, cuda: bool
+    ) -> Batcher:
+        """A round batcher, its pipeline warmed up at the full batch size and its cost model calibrated."""
+        variant = pipeline.variant
+        # The cost model export measured on the served variant (fp32: the card's), until warm-up measures it here.
+        card_cost = CostModel.from_card(variant.serving if variant.precision != "fp32" else pipeline.card.serving)
+        cost_model = card_cost or UNMEASURED
+        if self.settings.warmup:
+            count = await asyncio.to_thread(pipeline.warmup, batching.max_batch_size)
+            log.info("model %s/%s warmed up with %d batches", name, version, count)
+            cost_model = await asyncio.to_thread(calibrate, pipeline, batching, cost_model, cuda)
+        return Batcher(pipeline, batching, self.metrics, name, version, cost_model)
+
+    async def _continuous(
+        self, engine: StepDecoding, batching: BatchingSettings, name: str, version: str
+    ) -> ContinuousBatcher:
+        """A step-level batcher, warmed up through its own scheduler only.
+
+        The round path's warm-up and calibration are skipped: nothing runs that path. On CUDA its full-size
+        warm-up (1,024 sentences at beam 4) grew each server's onnxruntime arena by gigabytes it never used
+        again; on the H100 that ran the suite, servers sharing the GPU then failed to load (out of memory).
+        """
+        s = self.settings
         if s.warmup:
             count = await asyncio.to_thread(engine.warmup)
             log.info("model %s/%s: step-level decoding warmed up with %d sentences", name, version, count)

@@ -36,6 +36,7 @@ __all__ = [
     "RuntimeOptions",
     "VariantUnavailable",
     "cuda_available",
+    "cuda_provider_options",
 ]
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,21 @@ def cuda_available(available: Sequence[str] | None = None) -> bool:
         return ort.get_device().upper() == "GPU"
     except Exception:  # any failure here just means "no GPU"
         return False
+
+
+def cuda_provider_options(options: RuntimeOptions) -> dict[str, str]:
+    """The CUDA execution provider's options: the device, and an arena that grows only by what a run asks.
+
+    onnxruntime's default arena extends in powers of two, so one large batch can reserve twice what it
+    needs, and the arena never gives memory back. Several serving processes can share one GPU (one per
+    model server, or the test suite's servers on a GPU machine): ``kSameAsRequested`` keeps each one's
+    footprint near what it ran, and ``cuda_mem_limit_mb`` caps it, so a run over the cap fails alone
+    instead of starving the other processes on the device.
+    """
+    provider_options = {"device_id": str(options.cuda_device_id), "arena_extend_strategy": "kSameAsRequested"}
+    if options.cuda_mem_limit_mb:
+        provider_options["gpu_mem_limit"] = str(options.cuda_mem_limit_mb * 1024 * 1024)
+    return provider_options
 
 
 def _preload_cuda_libraries() -> None:
@@ -184,7 +200,7 @@ class Runtime:
 
         ``intra_op_threads`` overrides the runtime's for this session (step-level decoding's own)."""
         if self.provider == CUDA:
-            providers: list = [(CUDA, {"device_id": self.options.cuda_device_id}), CPU]
+            providers: list = [(CUDA, cuda_provider_options(self.options)), CPU]
         else:
             providers = [CPU]
         options = self.session_options(intra_op_threads)

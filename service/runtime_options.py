@@ -18,6 +18,8 @@ class RuntimeOptions:
     inter_op_threads: int = 1
     graph_optimization: GraphOptimization = "all"
     cuda_device_id: int = 0
+    #: onnxruntime's CUDA arena limit in MiB (0 = no limit).
+    cuda_mem_limit_mb: int = 0
     #: Use the IOBinding paths on CPU too (tests: the GPU code runs in CI, bound to CPU OrtValues).
     io_binding: bool = False
     precision: PrecisionChoice = "auto"

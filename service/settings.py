@@ -65,6 +65,12 @@ class Settings(BaseSettings):
     cuda_device_ids: list[int] = Field(
         default_factory=lambda: [0], description="GPUs to serve on, JSON: [0, 1]; one inference process each"
     )
+    cuda_mem_limit_mb: int = Field(
+        0,
+        ge=0,
+        description="onnxruntime's CUDA memory arena limit per inference process, MiB (0 = no limit); "
+        "the arena grows by what a run asks, not in powers of two",
+    )
     precision: PrecisionChoice = Field(
         "auto",
         description="graph precision: auto = int8 on CPU, fp16 on CUDA once gated there, else fp32; or force one",
@@ -194,6 +200,7 @@ class Settings(BaseSettings):
             inter_op_threads=self.inter_op_threads,
             graph_optimization=self.graph_optimization,
             cuda_device_id=self.cuda_device_ids[0] if self.cuda_device_ids else 0,
+            cuda_mem_limit_mb=self.cuda_mem_limit_mb,
             precision=self.precision,
         )
 

@@ -26,6 +26,17 @@ def test_both_models_run_on_cuda_sessions() -> None:
 
 
 @gpu
+def test_cuda_sessions_get_the_arena_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    """onnxruntime takes the arena strategy and the cap (it reports its provider options back as strings)."""
+    from service.runtime import CUDA, Runtime, RuntimeOptions
+
+    runtime = Runtime(RuntimeOptions(provider="cuda", cuda_mem_limit_mb=2048))
+    session = runtime.session(gpu_check.latest_version("sentiment") / "model.onnx")
+    options = session.get_provider_options()[CUDA]
+    assert options["arena_extend_strategy"] == "kSameAsRequested" and options["gpu_mem_limit"] == str(2 << 30)
+
+
+@gpu
 def test_sentiment_on_gpu_matches_cpu() -> None:
     texts = load_texts(256)
     result = gpu_check.check_sentiment_parity("cuda", texts, batch=32)

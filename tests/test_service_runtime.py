@@ -15,7 +15,16 @@ import onnxruntime as ort
 import pytest
 
 from bench.servers import launch_server
-from service.runtime import CPU, CUDA, ProviderUnavailable, Runtime, RuntimeOptions, cuda_available
+from service.runtime import (
+    CPU,
+    CUDA,
+    ProviderUnavailable,
+    Runtime,
+    RuntimeOptions,
+    cuda_available,
+    cuda_provider_options,
+)
+from service.settings import Settings
 
 MODEL = Path(__file__).resolve().parents[1] / "model_repository" / "sentiment" / "1" / "model.onnx"
 HAS_GPU = cuda_available()
@@ -40,6 +49,21 @@ def test_provider_choice_follows_what_onnxruntime_offers(asked: str, offered: li
 def test_cuda_asked_where_onnxruntime_has_no_cuda_is_refused_with_the_reason() -> None:
     with pytest.raises(ProviderUnavailable, match=r"provider=cuda but onnxruntime offers \['CPUExecutionProvider'\]"):
         Runtime(RuntimeOptions(provider="cuda"), available_providers=[CPU])
+
+
+def test_cuda_arena_grows_by_what_is_asked_and_is_capped_when_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No cap by default; ``LSTM_SERVE_CUDA_MEM_LIMIT_MB`` reaches onnxruntime as ``gpu_mem_limit`` in bytes."""
+    assert cuda_provider_options(Settings().runtime_options()) == {
+        "device_id": "0",
+        "arena_extend_strategy": "kSameAsRequested",
+    }
+    monkeypatch.setenv("LSTM_SERVE_CUDA_MEM_LIMIT_MB", "4096")
+    monkeypatch.setenv("LSTM_SERVE_CUDA_DEVICE_IDS", "[1]")
+    options = cuda_provider_options(Settings().runtime_options())
+    assert options == {"device_id": "1", "arena_extend_strategy": "kSameAsRequested", "gpu_mem_limit": str(4 << 30)}
+    monkeypatch.setenv("LSTM_SERVE_CUDA_MEM_LIMIT_MB", "-1")
+    with pytest.raises(ValueError, match="cuda_mem_limit_mb"):
+        Settings()
 
 
 def test_auto_matches_this_machine() -> None:
