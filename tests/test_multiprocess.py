@@ -138,7 +138,13 @@ def test_killed_inference_worker_fails_pending_at_once_then_serving_resumes(star
     # fp32: the slower graph; 256 long texts a request (the default per-request cost budget), so the
     # first cannot finish before the eighth is in
     server = start_server(
-        fresh=True, workers=2, max_batch_size=1, precision="fp32", max_texts_per_request=256, max_queue_items=4096
+        fresh=True,
+        workers=2,
+        max_batch_size=1,
+        precision="fp32",
+        max_texts_per_request=256,
+        max_queue_items=4096,
+        request_timeout_s=120,  # 2,048 one-row runs: on a GPU they near the default 10 s (see test_service_load)
     )
     results: list[tuple[int, float]] = []
     lock = threading.Lock()
