@@ -13,6 +13,12 @@ the batches of least modelled cost (``lstm_core.cost.CostModel``: measured at ex
 padding costs a recurrent model as much as text, and one batch of mixed lengths can cost more than
 running its items one by one.
 
+With ``model_instances`` > 1 the batcher holds that many copies of the pipeline (their own sessions),
+each with its own thread, and a round is taken as soon as one copy is free, so rounds run concurrently
+(Triton's instance groups). Why: on a GPU one LSTM batch is a chain of small latency-bound kernels
+(the H100 was 30-40% busy at its best single-text load) and the host work between rounds leaves it
+idle; a second copy overlaps its run with the first one's gaps. On CPU each copy is one more core.
+
 The queue is bounded: a submit that would overflow it raises ``QueueFull`` at once. Items of jobs that were cancelled
 (client gone) or whose deadline passed are dropped before they cost compute. A failing batch fails only
 its own jobs; the worker keeps running. ``close()`` refuses new work and returns once the queue is empty.
@@ -73,14 +79,18 @@ class Batcher:
 
     def __init__(
         self,
-        pipeline: BatchRunner,
+        pipeline: BatchRunner | Sequence[BatchRunner],
         config: BatchingSettings,
         metrics: Metrics,
         model: str,
         version: str,
         cost_model: CostModel,
     ) -> None:
-        self.pipeline = pipeline
+        """``pipeline``: one runner, or several copies of it (model instances) that may run at the same time."""
+        self.runners: list[BatchRunner] = list(pipeline) if isinstance(pipeline, Sequence) else [pipeline]
+        if not self.runners:
+            raise ValueError("a batcher needs at least one pipeline")
+        self.pipeline = self.runners[0]
         self.config = config
         self.cost_model = cost_model
         self._queues: dict[Hashable, deque[_Queued]] = {}
@@ -90,8 +100,14 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_batch_size = 0
-        # One thread: one batch at a time per model, so onnxruntime's own threads are not oversubscribed.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batch-{model}-{version}")
+        # One thread per instance: one batch at a time on each copy's sessions, so onnxruntime's own
+        # threads are not oversubscribed.
+        self._executors = [
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batch-{model}-{version}-{i}")
+            for i in range(len(self.runners))
+        ]
+        self._free = deque(range(len(self.runners)))  # instances without a round
+        self._rounds: set[asyncio.Task[None]] = set()  # rounds running on other instances (several instances)
         labels = (model, version)
         self._m_queue = metrics.queue_items.labels(*labels)
         metrics.queue_capacity_items.labels(*labels).set(config.max_queue_items)
@@ -142,22 +158,37 @@ class Batcher:
         self._wakeup.set()
         if self._task is not None:
             await self._task
-        self._executor.shutdown(wait=True)
+        for executor in self._executors:
+            executor.shutdown(wait=True)
 
     # ---- the worker --------------------------------------------------------------------------------
 
     async def _run(self) -> None:
         while True:
-            if self._count == 0:
-                if self._closing:
+            if self._count == 0 or not self._free:
+                if self._closing and self._count == 0:
+                    if self._rounds:
+                        await asyncio.gather(*self._rounds)
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
             await self._maybe_wait_for_more()
             groups = self._take()
-            if groups:
-                await self._execute(groups)
+            if not groups:
+                continue
+            if len(self.runners) == 1:  # one instance: the round runs inline, no task per round
+                await self._execute(groups, 0)
+                continue
+            task = asyncio.get_running_loop().create_task(self._execute(groups, self._free.popleft()))
+            self._rounds.add(task)
+            task.add_done_callback(self._round_done)
+
+    def _round_done(self, task: asyncio.Task[None]) -> None:
+        self._rounds.discard(task)
+        self._wakeup.set()  # an instance is free: a queued round may start
+        if not task.cancelled() and task.exception() is not None:  # batch failures are handled inside
+            log.error("round on %s failed outside its batches", self._name, exc_info=task.exception())
 
     def _oldest_queue(self) -> deque[_Queued] | None:
         heads = [q for q in self._queues.values() if q]
@@ -224,21 +255,29 @@ class Batcher:
         self._count -= n
         self._m_queue.set(self._count)
 
-    def _timed_run(self, items: list[Item]) -> tuple[list[Any], float]:
-        """Worker thread: one batch through the pipeline, timed where it runs."""
+    def _timed_run(self, runner: BatchRunner, items: list[Item]) -> tuple[list[Any], float]:
+        """Worker thread: one batch through one instance's pipeline, timed where it runs."""
         started = time.perf_counter()
-        outputs = self.pipeline.run_batch(items)
+        outputs = runner.run_batch(items)
         if len(outputs) != len(items):
             raise RuntimeError(f"pipeline returned {len(outputs)} outputs for {len(items)} items")
         return outputs, time.perf_counter() - started
 
-    async def _execute(self, groups: list[list[_Queued]]) -> None:
-        """Run a round's batches back to back in the worker thread; deliver each batch as it finishes."""
+    async def _execute(self, groups: list[list[_Queued]], instance: int) -> None:
+        """Run a round's batches back to back on one instance's thread; deliver each batch as it finishes."""
+        try:
+            await self._deliver(groups, instance)
+        finally:
+            if len(self.runners) > 1:
+                self._free.append(instance)
+
+    async def _deliver(self, groups: list[list[_Queued]], instance: int) -> None:
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         self._last_batch_size = sum(len(g) for g in groups)
-        # All batches are queued on the one-thread executor at once: no event-loop hop between them.
-        futures = [loop.run_in_executor(self._executor, self._timed_run, [e.item for e in g]) for g in groups]
+        runner, executor = self.runners[instance], self._executors[instance]
+        # All batches are queued on the instance's one-thread executor at once: no event-loop hop between them.
+        futures = [loop.run_in_executor(executor, self._timed_run, runner, [e.item for e in g]) for g in groups]
         for group, future in zip(groups, futures, strict=True):
             observe_many(self._m_queue_duration, [started - entry.enqueued for entry in group])
             lengths = [e.item.length for e in group]

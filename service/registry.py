@@ -195,7 +195,8 @@ class ModelRegistry(ServedModels):
             self._load_task.cancel()
         await asyncio.gather(*(m.batcher.close() for m in self.models.values()))
         for model in self.models.values():
-            model.pipeline.close()
+            for pipeline in model.batcher.runners if isinstance(model.batcher, Batcher) else [model.pipeline]:
+                pipeline.close()  # type: ignore[attr-defined]
 
     async def _load(self) -> None:
         try:
@@ -279,16 +280,25 @@ class ModelRegistry(ServedModels):
     async def _rounds(
         self, pipeline: Pipeline, batching: BatchingSettings, name: str, version: str, cuda: bool
     ) -> Batcher:
-        """A round batcher, its pipeline warmed up at the full batch size and its cost model calibrated."""
+        """A round batcher, its pipeline warmed up at the full batch size and its cost model calibrated.
+
+        With ``model_instances`` > 1 the batcher gets that many copies of the pipeline, each with its own
+        sessions, each warmed up (on CUDA a session's first runs at a shape are slow); the cost model is
+        calibrated on the first, alone, since rounds are cut per instance.
+        """
         variant = pipeline.variant
+        instances = [pipeline]
+        for _ in range(self.settings.model_instances - 1):
+            instances.append(await asyncio.to_thread(type(pipeline), pipeline.card, pipeline.folder, self.runtime))
         # The cost model export measured on the served variant (fp32: the card's), until warm-up measures it here.
         card_cost = CostModel.from_card(variant.serving if variant.precision != "fp32" else pipeline.card.serving)
         cost_model = card_cost or UNMEASURED
         if self.settings.warmup:
-            count = await asyncio.to_thread(pipeline.warmup, batching.max_batch_size)
-            log.info("model %s/%s warmed up with %d batches", name, version, count)
+            for instance in instances:
+                count = await asyncio.to_thread(instance.warmup, batching.max_batch_size)
+            log.info("model %s/%s warmed up with %d batches, %d instance(s)", name, version, count, len(instances))
             cost_model = await asyncio.to_thread(calibrate, pipeline, batching, cost_model, cuda)
-        return Batcher(pipeline, batching, self.metrics, name, version, cost_model)
+        return Batcher(instances, batching, self.metrics, name, version, cost_model)
 
     async def _continuous(
         self, engine: StepDecoding, batching: BatchingSettings, name: str, version: str

@@ -65,6 +65,13 @@ class Settings(BaseSettings):
     cuda_device_ids: list[int] = Field(
         default_factory=lambda: [0], description="GPUs to serve on, JSON: [0, 1]; one inference process each"
     )
+    model_instances: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="copies of each round-batched model per inference process, each with its own sessions and "
+        "thread, so rounds run at the same time (Triton's instance count)",
+    )
     cuda_mem_limit_mb: int = Field(
         0,
         ge=0,

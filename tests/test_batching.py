@@ -190,3 +190,46 @@ async def test_no_wait_when_idle_even_with_a_delay(fake: FakePipeline) -> None:
         assert await asyncio.wait_for(batcher.submit(items(text), deadline()).future, 30) == [f"out:{text}"]
     await batcher.close()
     assert fake.lengths() == [[1], [1], [1]]
+
+
+async def test_two_instances_run_rounds_at_the_same_time() -> None:
+    """With two model instances, a round starts on the free one while the other's is still running."""
+    first, second = FakePipeline(), FakePipeline()
+    first.gate.clear()
+    config = BatchingSettings(
+        max_batch_size=8, max_batch_tokens=4096, max_delay_ms=0.0, max_padding_ratio=1.0, max_queue_items=64
+    )
+    batcher = Batcher([first, second], config, Metrics(), "fake", "1", COST)
+    batcher.start()
+    blocked = batcher.submit(items("blocker"), deadline())
+    await asyncio.to_thread(first.started.wait, 30)
+    quick = batcher.submit(items("quick one"), deadline())  # the first instance is held: this runs on the second
+    assert await asyncio.wait_for(quick.future, 30) == ["out:quick one"]
+    assert not blocked.future.done() and second.batches == [[("quick one", 2)]]
+    first.gate.set()
+    assert await asyncio.wait_for(blocked.future, 30) == ["out:blocker"]
+    await batcher.close()
+
+
+async def test_close_drains_rounds_on_every_instance() -> None:
+    """Both instances busy and more queued: close() returns only once every item has run, on either copy."""
+    first, second = FakePipeline(), FakePipeline()
+    first.gate.clear()
+    second.gate.clear()
+    config = BatchingSettings(
+        max_batch_size=2, max_batch_tokens=4096, max_delay_ms=0.0, max_padding_ratio=1.0, max_queue_items=64
+    )
+    batcher = Batcher([first, second], config, Metrics(), "fake", "1", COST)
+    batcher.start()
+    jobs = [batcher.submit(items(t), deadline()) for t in "abcdefg"]
+    await asyncio.to_thread(first.started.wait, 30)
+    await asyncio.to_thread(second.started.wait, 30)
+    closing = asyncio.ensure_future(batcher.close())
+    await asyncio.sleep(0)
+    with pytest.raises(ShuttingDown):
+        batcher.submit(items("late"), deadline())
+    first.gate.set()
+    second.gate.set()
+    await asyncio.wait_for(closing, 30)
+    assert [job.future.result() for job in jobs] == [[f"out:{t}"] for t in "abcdefg"]
+    assert sum(len(b) for b in first.batches + second.batches) == 7 and first.batches and second.batches

@@ -83,6 +83,22 @@ def test_same_texts_alone_and_in_a_crowd_get_the_same_answers(
     assert [r["label"] for r in many] == [r["label"] for r in alone]
 
 
+def test_two_model_instances_answer_as_one_does(start_server, live_server: ServerHandle) -> None:
+    """``model_instances=2``: rounds run on two copies of the sessions at once; answers are the same."""
+    server = start_server(model_instances=2)
+    assert "2 instance(s)" in server.log()
+    alone = [post(live_server, {"texts": [t]}).json()["results"][0] for t in SST2_LIKE]
+    crowd_texts = [SST2_LIKE[i % len(SST2_LIKE)] for i in range(96)]
+    with concurrent.futures.ThreadPoolExecutor(32) as pool:
+        crowd = list(pool.map(lambda t: post(server, {"texts": [t]}), crowd_texts))
+    for text, response in zip(crowd_texts, crowd, strict=True):
+        assert response.status_code == 200, response.text
+        got, want = response.json()["results"][0], alone[SST2_LIKE.index(text)]
+        assert got["label"] == want["label"]
+        for label, p in want["probabilities"].items():
+            assert abs(got["probabilities"][label] - p) < 2e-3, (text, got, want)  # int8 scales per batch
+
+
 BAD_INPUTS = [
     ("malformed JSON", b'{"texts": ["unterminated', 400),
     ("not an object", [1, 2], 422),
