@@ -67,28 +67,25 @@ def test_same_texts_alone_and_in_a_crowd_get_the_same_answers(
     up to 1,024 mixed lengths its per-batch scales would be another test."""
     live_server = start_server(precision=precision, provider=provider)
     alone = [post(live_server, {"texts": [t]}).json()["results"][0] for t in SST2_LIKE]
-    # 64 concurrent single-text requests, the texts interleaved, so they are batched together.
-    crowd_texts = [SST2_LIKE[i % len(SST2_LIKE)] for i in range(64)]
-    with concurrent.futures.ThreadPoolExecutor(32) as pool:
-        crowd = list(pool.map(lambda t: post(live_server, {"texts": [t]}), crowd_texts))
-    for text, response in zip(crowd_texts, crowd, strict=True):
-        assert response.status_code == 200, response.text
-        got = response.json()["results"][0]
-        want = alone[SST2_LIKE.index(text)]
-        assert got["label"] == want["label"]
-        for label, p in want["probabilities"].items():
-            assert abs(got["probabilities"][label] - p) < tolerance, (text, got, want)
+    assert_crowd_answers_as_alone(live_server, alone, 64, tolerance)
     # And a multi-text request answers in order, the same as single ones.
     many = post(live_server, {"texts": SST2_LIKE}).json()["results"]
     assert [r["label"] for r in many] == [r["label"] for r in alone]
 
 
 def test_two_model_instances_answer_as_one_does(start_server, live_server: ServerHandle) -> None:
-    """``model_instances=2``: rounds run on two copies of the sessions at once; answers are the same."""
+    """``model_instances=2``: rounds run on two copies of the sessions at once; answers are the same
+    (within int8's 2e-3: the CPU's default variant scales activations per batch)."""
     server = start_server(model_instances=2)
     assert "2 instance(s)" in server.log()
     alone = [post(live_server, {"texts": [t]}).json()["results"][0] for t in SST2_LIKE]
-    crowd_texts = [SST2_LIKE[i % len(SST2_LIKE)] for i in range(96)]
+    assert_crowd_answers_as_alone(server, alone, 96, 2e-3)
+
+
+def assert_crowd_answers_as_alone(server: ServerHandle, alone: list[dict], n: int, tolerance: float) -> None:
+    """``n`` concurrent single-text requests, ``SST2_LIKE`` interleaved so they are batched together: each
+    gets the label its text got alone, and probabilities within ``tolerance``."""
+    crowd_texts = [SST2_LIKE[i % len(SST2_LIKE)] for i in range(n)]
     with concurrent.futures.ThreadPoolExecutor(32) as pool:
         crowd = list(pool.map(lambda t: post(server, {"texts": [t]}), crowd_texts))
     for text, response in zip(crowd_texts, crowd, strict=True):
@@ -96,7 +93,7 @@ def test_two_model_instances_answer_as_one_does(start_server, live_server: Serve
         got, want = response.json()["results"][0], alone[SST2_LIKE.index(text)]
         assert got["label"] == want["label"]
         for label, p in want["probabilities"].items():
-            assert abs(got["probabilities"][label] - p) < 2e-3, (text, got, want)  # int8 scales per batch
+            assert abs(got["probabilities"][label] - p) < tolerance, (text, got, want)
 
 
 BAD_INPUTS = [
