@@ -23,3 +23,24 @@ def test_bench_measures_a_running_server_and_writes_json_and_png(live_server: Se
     for run in result["runs"]:
         assert run["ok"] > 0 and run["errors"] == {}, run
         assert 0 < run["p50_ms"] <= run["p90_ms"] <= run["p99_ms"]
+
+
+def test_translation_models_compares_two_repositories_and_writes_json_and_png(tmp_path: Path) -> None:
+    """The shipped translation model against a copy of itself: both served, measured, BLEU the same."""
+    import shutil
+
+    from bench import translation_models
+    from bench.servers import REPO_ROOT
+
+    candidate = tmp_path / "repository"
+    shutil.copytree(REPO_ROOT / "model_repository" / "translation", candidate / "translation")
+    out = tmp_path / "models"
+    args = ["--precisions", "fp32", "--concurrency", "2", "--repeats", "1", "--duration", "0.5", "--warmup", "0"]
+    assert translation_models.main([str(candidate), *args, "--bleu-sentences", "32", "--out", str(out)]) == 0
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert out.with_suffix(".png").stat().st_size > 5_000
+    assert {r["server"] for r in result["runs"]} == {"shipped fp32", "candidate fp32"}
+    assert all(r["ok"] > 0 and r["errors"] == {} for r in result["runs"])
+    bleu = result["bleu"]
+    assert bleu["shipped fp32"]["beam4"] == bleu["candidate fp32"]["beam4"]  # the same files answer alike
+    assert result["exit_codes"] == {"shipped fp32": 0, "candidate fp32": 0}
