@@ -167,8 +167,11 @@ def test_sigterm_drains_the_running_set_and_exits_0(start_server) -> None:
     n = 6
     results: list[httpx.Response | Exception] = []
     lock = threading.Lock()
+    barrier = threading.Barrier(n)  # all requests leave together: on a loaded machine a thread that started
+    # late once sent its request after the first had finished, and 6 were never in flight at once
 
     def client() -> None:
+        barrier.wait()
         try:
             response = translate(server, [LONG, SHORT] * 3, beam_size=4)
         except Exception as exc:  # recorded and asserted on below
