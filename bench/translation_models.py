@@ -53,12 +53,13 @@ def _card(repository: Path) -> ModelCard:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     repositories = {"shipped": SHIPPED, "candidate": args.candidate.resolve()}
+    cards = {model: _card(repository) for model, repository in repositories.items()}
     wanted = [p.strip() for p in args.precisions.split(",") if p.strip()]
     names = [
         f"{model} {precision}"
-        for model, repository in repositories.items()
+        for model, card in cards.items()
         for precision in wanted
-        if precision in _card(repository).precision_variants()
+        if precision in card.precision_variants()
     ]
     logs = Path(tempfile.mkdtemp(prefix="lstm-serve-translation-models-"))
     servers = {}
@@ -67,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": "python -m bench.translation_models " + " ".join(argv or []),
         "machine": {"platform": platform.platform(), "python": platform.python_version()},
         "settings": vars(args) | {"out": str(args.out), "candidate": str(args.candidate)},
-        "cards": {m: {"metrics": _card(r).metrics, "files": sorted(_card(r).files)} for m, r in repositories.items()},
+        "cards": {model: {"metrics": card.metrics, "files": sorted(card.files)} for model, card in cards.items()},
         "runs": [],
         "bleu": {},
     }

@@ -20,7 +20,8 @@ YOUNG_THRESHOLD = 10_000
 
 
 def settle() -> None:
-    """Collect once, freeze what is left, and space out young collections. Call when start-up is done."""
+    """Collect once, freeze what is left, and space out young collections. Call when start-up is done:
+    the app's lifespan (every HTTP process) and the model registry once its models are loaded."""
     gc.collect()
     gc.freeze()
     _, middle, old = gc.get_threshold()

@@ -10,7 +10,6 @@ once; ``close`` drains every batcher and releases the models.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import time
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from typing import Any
 
 from lstm_core.cost import UNMEASURED, CostModel, ProbeShape, fit_cost_model
 from lstm_core.model_card import ModelCard
+from service import heap
 from service.batching import Batcher
 from service.continuous import ContinuousBatcher
 from service.errors import ModelNotFound, ModelNotReady
@@ -227,8 +227,7 @@ class ModelRegistry(ServedModels):
         self.loaded = True
         # Everything loaded so far lives as long as the process: move it out of the collector's sight, so
         # full collections under load scan only request garbage (they otherwise add tens of ms to the p99).
-        gc.collect()
-        gc.freeze()
+        heap.settle()
         if self.ready:
             log.info("ready: serving %s", ", ".join(f"{m.name}/{m.version}" for m in self.models.values()))
 

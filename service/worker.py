@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from service import early_stop, heap
+from service import early_stop
 from service.batching import Job
 from service.errors import QueueFull, ServiceError
 from service.ipc import FramedProtocol, decode_items, encode_outputs
@@ -156,8 +156,7 @@ async def serve(settings: Settings, socket_path: Path, table: ProcessTable | Non
     loop.add_signal_handler(signal.SIGINT, lambda: None)  # Ctrl-C reaches the whole group: the supervisor decides
     socket_path.unlink(missing_ok=True)
     listener = await loop.create_unix_server(lambda: server.connection().protocol, str(socket_path))
-    registry.start()
-    heap.settle()
+    registry.start()  # it settles the heap (service.heap) once the models are loaded
     log.info("inference worker %d listening on %s", os.getpid(), socket_path)
     while not stop.is_set():
         server.publish_state()

@@ -387,6 +387,12 @@ def test_autoscaler_queries_parse_with_promtool(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def thresholds(scaled_object_spec: dict) -> dict[str, float]:
+    """A KEDA ScaledObject's target per metric it reads."""
+    triggers = scaled_object_spec["triggers"]
+    return {ds.metric_names(t["metadata"]["query"]).pop(): float(t["metadata"]["threshold"]) for t in triggers}
+
+
 def test_autoscalers_agree_with_each_other_and_the_deployment() -> None:
     keda_docs, hpa_docs = render("overlays/gpu"), render("overlays/gpu-hpa")
     for docs in (keda_docs, hpa_docs):
@@ -398,8 +404,7 @@ def test_autoscalers_agree_with_each_other_and_the_deployment() -> None:
     assert scaled["minReplicaCount"] >= 2, "one replica may be drained (PDB) while another serves"
     assert scaled["advanced"]["horizontalPodAutoscalerConfig"]["behavior"] == hpa["behavior"]
     assert hpa["scaleTargetRef"]["name"] == one(hpa_docs, "Deployment")["metadata"]["name"]
-    keda_thresholds = {ds.metric_names(t["metadata"]["query"]).pop(): float(t["metadata"]["threshold"])
-                       for t in scaled["triggers"]}  # fmt: skip
+    keda_thresholds = thresholds(scaled)
     values = yaml.safe_load((KUBERNETES / "components" / "hpa" / "prometheus-adapter-values.yaml").read_text())
     served = {rule["name"]["as"]: ds.metric_names(rule["seriesQuery"]).pop() for rule in values["rules"]["custom"]}
     hpa_thresholds = {}
@@ -410,9 +415,7 @@ def test_autoscalers_agree_with_each_other_and_the_deployment() -> None:
         hpa_thresholds[served[name]] = float(metric["pods"]["target"]["averageValue"])
     # GPU replicas (docs/scaling.md, "GPU replicas"): 64 in flight, measured on an H100.
     assert keda_thresholds == hpa_thresholds == {"lstm_serve_inflight_requests": 64, "lstm_serve_queue_items": 1024}
-    cpu_scaled = one(render("overlays/cpu"), "ScaledObject")["spec"]
-    cpu_thresholds = {ds.metric_names(t["metadata"]["query"]).pop(): float(t["metadata"]["threshold"])
-                      for t in cpu_scaled["triggers"]}  # fmt: skip
+    cpu_thresholds = thresholds(one(render("overlays/cpu"), "ScaledObject")["spec"])
     assert cpu_thresholds == {"lstm_serve_inflight_requests": 8, "lstm_serve_queue_items": 32}
     # The queue backstop is one full round of the flavour's provider (the pods leave batching to the
     # service's per-provider defaults); KServe's concurrency target is the GPU in-flight target (its
