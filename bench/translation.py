@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 import urllib.request
@@ -139,4 +140,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv[1:]))
