@@ -79,6 +79,15 @@ def test_one_text_and_a_batch_encode_alike() -> None:
     assert one_by_one == encoding.encode_source(tokenizer, EDGE_TEXTS, 128)
 
 
+def test_target_rows_decode_as_the_batch_call_decodes_them() -> None:
+    tokenizer = Tokenizer.from_file(str(REPOSITORY / "translation" / "1" / "target_tokenizer.json"))
+    german = ["Ein Mann spielt Gitarre.", "Zwei Hunde rennen durch den Schnee.", ""]
+    rows = [tokenizer.encode(text).ids for text in german] + [[], [EOS_ID], [UNK_ID, EOS_ID]]
+    decoded = encoding.decode_targets(tokenizer, rows)
+    assert decoded == tokenizer.decode_batch(rows, skip_special_tokens=True)
+    assert decoded[:2] == german[:2] and decoded[3] == ""
+
+
 @pytest.mark.parametrize("limit", [0, 1])
 def test_limits_too_small_for_a_token_and_eos_are_refused(limit: int) -> None:
     tokenizer = Tokenizer.from_file(str(REPOSITORY / "translation" / "1" / "source_tokenizer.json"))

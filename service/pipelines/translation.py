@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tokenizers import Tokenizer
 
 from lstm_core.decode_scheduler import DecodeScheduler, Sentence
-from lstm_core.encoding import encode_source, probe_source
+from lstm_core.encoding import decode_targets, encode_source, probe_source
 from lstm_core.graphs import DECODER_FILE, ENCODER_FILE, ROWS_FILE, TOPK_FILE
 from lstm_core.model_card import ModelCard
 from lstm_core.tokens import BOS_ID, EOS_ID, UNK_ID
@@ -86,7 +86,7 @@ class TranslationPipeline(Pipeline[TranslateParams]):
     def run_batch(self, items: Sequence[Item]) -> list[str]:
         beam, max_length, alpha = items[0].key
         hyps = self.model.search([item.data for item in items], beam, max_length, alpha)
-        return self.target.decode_batch(hyps, skip_special_tokens=True)
+        return decode_targets(self.target, hyps)
 
     def step_decoding(self, policy: DecodePolicy) -> TranslationSteps | None:
         """Step-level decoding through ``rows.onnx`` and ``topk.onnx``; None for a folder without them."""
@@ -164,7 +164,7 @@ class TranslationSteps:
         return Sentence(item.data, beam, output_limit(max_length, item.length), alpha, tag)
 
     def outputs(self, sentences: Sequence[Sentence]) -> list[str]:
-        return self.pipeline.target.decode_batch([s.result or [] for s in sentences], skip_special_tokens=True)
+        return decode_targets(self.pipeline.target, [s.result or [] for s in sentences])
 
     def warmup(self) -> int:
         """Greedy and default-beam sentences of each warm-up length, joining a running set at different steps."""
