@@ -208,6 +208,9 @@ def write_graphs(folder: Path) -> list[str]:
 def check_search(folder: Path, sentences: int, beams: Sequence[int] = (1, 4)) -> dict[str, int]:
     """Step-level decoding through the new graphs against the numpy search, each sentence alone.
 
+    The rows go through ``rows.onnx`` (what a GPU runs) even on CPU, where the service lays them out in
+    numpy; ``tests/test_device_seam.py`` checks that the two agree.
+
     Real test_2016_flickr sentences, all admitted to one running set (so they join and leave it at
     different steps); counts the sentences whose output differs, per beam size.
     """
@@ -228,7 +231,7 @@ def check_search(folder: Path, sentences: int, beams: Sequence[int] = (1, 4)) ->
     for beam in beams:
         alone = [runtime.search([r], beam, 128) for r in ids]
         scheduler = DecodeScheduler(
-            DeviceRows.from_folder(folder), max_rows=64, max_positions=4096, bos=BOS_ID, eos=EOS_ID
+            DeviceRows.from_folder(folder, host_rows=False), max_rows=64, max_positions=4096, bos=BOS_ID, eos=EOS_ID
         )
         batch = [Sentence(r, beam, output_limit(128, len(r)), 0.6) for r in ids]
         for sentence in batch:

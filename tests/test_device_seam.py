@@ -13,7 +13,11 @@ import pytest
 from bench.gpu_check import flickr_sentences
 from bench.load import load_texts
 from bench.translation import latest_version
+from lstm_core.decode_scheduler import DecodeScheduler, Sentence, StepPlan
 from lstm_core.model_card import ModelCard
+from lstm_core.tokens import BOS_ID, EOS_ID
+from lstm_core.translation_runtime import DeviceRows
+from lstm_core.translation_search import output_limit
 from service.pipelines.registry import discover
 from service.runtime import Runtime, RuntimeOptions
 
@@ -43,3 +47,51 @@ def test_translation_device_stepper_equals_host_stepper(beam: int) -> None:
     texts = flickr_sentences("en", 24)
     items = plain.preprocess(texts, plain.wire.params(beam_size=beam))
     assert plain.run_batch(items) == bound.run_batch(items)
+
+
+class _Twin:
+    """Runs every planned step on two backends and checks they return the very same candidates."""
+
+    def __init__(self, graph_rows: DeviceRows, host_rows: DeviceRows) -> None:
+        self.graph_rows, self.host_rows = graph_rows, host_rows
+        self.steps = self.joins_in_place = 0
+
+    def reset(self) -> None:
+        self.graph_rows.reset()
+        self.host_rows.reset()
+
+    def step(self, plan: StepPlan) -> tuple[np.ndarray, np.ndarray]:
+        before = self.host_rows._host
+        want = self.graph_rows.step(plan)
+        got = self.host_rows.step(plan)
+        assert np.array_equal(want[0], got[0]) and np.array_equal(want[1], got[1])
+        after = self.host_rows._host
+        if plan.new_sources and before is not None and after is not None and after[0] is before[0]:
+            self.joins_in_place += 1  # sentences joined without a copy of the rows already there
+        self.steps += 1
+        return got
+
+
+@pytest.mark.parametrize("beam", [1, 4])
+def test_translation_rows_laid_out_on_the_host_equal_rows_onnx(beam: int) -> None:
+    """The CPU default (numpy buffers with spare rows) against ``rows.onnx`` (the GPU's), step by step.
+
+    Sentences trickle in three a step with lazy retirement and grouped admission, so the running set
+    grows in place, is re-laid out when it widens or sheds finished rows, and empties."""
+    folder = latest_version("translation")
+    twin = _Twin(DeviceRows.from_folder(folder, host_rows=False), DeviceRows.from_folder(folder))
+    assert twin.host_rows.host_rows and not twin.graph_rows.host_rows
+    scheduler = DecodeScheduler(
+        twin, max_rows=96, max_positions=4096, bos=BOS_ID, eos=EOS_ID, lazy_retire=True, admit_wait_steps=2
+    )
+    plain, _ = pipelines("translation")
+    items = plain.preprocess(flickr_sentences("en", 60), plain.wire.params(beam_size=beam))
+    sentences = [Sentence(item.data, beam, output_limit(64, item.length), 0.6) for item in items]
+    queue = list(sentences)
+    while queue or not scheduler.idle:
+        for sentence in queue[:3]:
+            scheduler.add(sentence)
+        del queue[:3]
+        scheduler.step()
+    assert all(s.result is not None for s in sentences)
+    assert twin.steps > 20 and twin.joins_in_place > 0
