@@ -22,7 +22,8 @@ from lstm_core.translation_runtime import Seq2SeqRuntime
 from lstm_core.translation_search import beam_search, greedy_search
 from models.translation.data import load_pairs
 from models.translation.decode import search_ids
-from models.translation.train import SRC_TOKENIZER, load_checkpoint
+from models.translation.distill import distill
+from models.translation.train import SRC_TOKENIZER, load_checkpoint, read_targets
 from models.translation.train import main as train_main
 
 TINY = ["--limit", "1500", "--eval-limit", "30", "--epochs", "2", "--src-vocab", "800", "--tgt-vocab", "800"]
@@ -94,3 +95,23 @@ def test_existing_version_needs_overwrite(tiny_run: Path, exported: Path) -> Non
     repository = exported.parents[1]
     with pytest.raises(FileExistsError):
         export_main([str(tiny_run), "--repository", str(repository), "--version", "2", "--skip-bleu"])
+
+
+def test_a_student_trains_on_its_teachers_translations(tiny_run: Path, exported: Path, tmp_path: Path) -> None:
+    """Sequence-level distillation: the exported model translates the training sources, a run trains on them."""
+    targets = tmp_path / "kd" / "train.de.gz"
+    record = distill(exported, targets, beam=2, alpha=0.6, rows=16, limit=40, progress=False)
+    lines = read_targets(targets, 40)
+    assert record["sentences"] == len(lines) == 40 and record["beam_size"] == 2
+    sources, _ = load_pairs("train", 3)
+    runtime = Seq2SeqRuntime.from_folder(exported)
+    target_tok = Tokenizer.from_file(str(exported / "target_tokenizer.json"))
+    ids = encode_source(Tokenizer.from_file(str(exported / "source_tokenizer.json")), sources, 128)
+    alone = [target_tok.decode(runtime.search([r], 2, 128, 0.6)[0], skip_special_tokens=True) for r in ids]
+    assert lines[:3] == alone  # each line is the teacher's own beam output for that training sentence
+    student = tmp_path / "student"
+    args = [*TINY, "--limit", "40", "--epochs", "1", "--init-from", str(tiny_run), "--out", str(student)]
+    assert train_main([*args, "--train-targets", str(targets)]) == 0
+    assert (student / "best.pt").is_file()
+    with pytest.raises(ValueError, match="40 targets for 41 training pairs"):
+        read_targets(targets, 41)

@@ -13,6 +13,7 @@ the epoch's batch order and position, the history and the best-so-far, saved eve
 from __future__ import annotations
 
 import argparse
+import gzip
 import math
 import random
 import time
@@ -94,6 +95,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         help="continue from this run's best checkpoint and tokenizers (its model sizes replace the size knobs)",
     )
+    p.add_argument(
+        "--train-targets",
+        type=Path,
+        default=None,
+        help="German training targets to use instead of the references: gzip text, one line per training pair "
+        "(a teacher's translations: python -m models.translation.distill)",
+    )
     return p.parse_args(argv)
 
 
@@ -126,6 +134,15 @@ def load_checkpoint(run_dir: Path) -> tuple[Seq2Seq, dict]:
     model = Seq2Seq(ModelConfig(**ckpt["config"]))
     model.load_state_dict(ckpt["state_dict"])
     return model.eval(), ckpt
+
+
+def read_targets(path: Path, count: int) -> list[str]:
+    """The first ``count`` lines of a gzip text file of training targets (``--train-targets``)."""
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        lines = [line.rstrip("\n") for line in handle]
+    if len(lines) < count:
+        raise ValueError(f"{path}: {len(lines)} targets for {count} training pairs")
+    return lines[:count]
 
 
 def word_dropout(ids: torch.Tensor, rate: float) -> torch.Tensor:
@@ -181,6 +198,8 @@ def train(args: argparse.Namespace) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
 
     train_src, train_tgt = load_pairs("train", args.limit)
+    if args.train_targets is not None:
+        train_tgt = read_targets(args.train_targets, len(train_src))
     val_src, val_tgt = load_pairs("val", args.eval_limit)
     test_src, test_tgt = load_pairs("test_2016_flickr", args.eval_limit)
     tokenizers_from = run_dir if (run_dir / STATE).is_file() else args.init_from  # a resumed run keeps its own
