@@ -21,8 +21,10 @@ by ``greedy_search``/``beam_search``, up to ties between equal scores (broken he
 
 The backend owns the tensors (``StepPlan`` says how the rows changed; ``translation_runtime.DeviceRows``
 keeps them on the decoder's device). Rows are sentence-major and contiguous per sentence: the kept
-sentences in their previous order, then the new ones. The scheduler is not thread-safe: one thread
-calls ``add``/``step``.
+sentences, then the new ones. A leaving sentence's place is taken by the last sentence of its size
+(``_without``), so a departure moves one sentence's rows and an arrival appends, and the padded width
+changes only when it must: most changes of the set touch only the rows that change. The scheduler
+is not thread-safe: one thread calls ``add``/``step``.
 """
 
 from __future__ import annotations
@@ -106,6 +108,9 @@ class StepReport:
 
 
 _EMPTY = np.zeros(0, dtype=np.int64)
+# Padded source positions come in steps of this many: a sentence a little longer than the running set's
+# width then rarely forces a re-layout of every row, at the cost of at most 7 masked positions of attention.
+WIDTH_STEP = 8
 
 
 class DecodeScheduler:
@@ -164,8 +169,27 @@ class DecodeScheduler:
     def _retire(self) -> None:
         """Drop finished sentences' rows from the running set (the next step re-lays the rows out)."""
         if any(s.result is not None for s in self.live):
-            self.live = [s for s in self.live if s.result is None]
+            self.live = self._without(lambda s: s.result is not None)
             self._changed = True
+
+    def _without(self, leaving: Callable[[Sentence], bool]) -> list[Sentence]:
+        """The live sentences without those ``leaving``, the last staying ones moved into their places.
+
+        A leaving sentence's place goes to the last staying sentence of the same number of rows (swap
+        remove), so only the moved sentence's rows change position and a backend can copy those few
+        rows in place; every other row stays where it is. A place no sentence fits (mixed beam sizes)
+        is closed by shifting the rows after it, which costs a backend a gather of the set.
+        """
+        order = list(self.live)
+        i = 0
+        while i < len(order):
+            if leaving(order[i]):
+                while len(order) > i + 1 and leaving(order[-1]):
+                    order.pop()  # leaving sentences at the end need no place filled
+                if order[-1] is not order[i] and order[-1].rows == order[i].rows:
+                    order[i] = order.pop()
+            i += 1
+        return [s for s in order if not leaving(s)]
 
     # ---- one step ---------------------------------------------------------------------------------
 
@@ -225,7 +249,7 @@ class DecodeScheduler:
         dropped = [s for s in self.live if s.result is None and is_dead(s)]  # the finished are answered
         if dropped:
             gone = {id(s) for s in dropped}
-            self.live = [s for s in self.live if id(s) not in gone]
+            self.live = self._without(lambda s: id(s) in gone)
             self._changed = True
         if any(is_dead(s) for s in self.pending):
             waiting: deque[Sentence] = deque()
@@ -272,6 +296,7 @@ class DecodeScheduler:
 
     def _plan(self, admitted: list[Sentence]) -> StepPlan:
         kept = self.live[: len(self.live) - len(admitted)]
+        appended_only = not self._changed  # rows only join: the last step's rows are kept, in order
         relayout = bool(admitted) or self._changed
         self._changed = False
         if not relayout:  # the common step: same rows as the last one
@@ -301,7 +326,12 @@ class DecodeScheduler:
             s._history = [] if k == 1 else np.zeros((k, 0), dtype=np.int64)
             scores.append(start)
         widest = max(s.beam_size for s in self.live)
-        self._width = max(s.length for s in self.live)
+        needed = -(-max(s.length for s in self.live) // WIDTH_STEP) * WIDTH_STEP
+        if not kept or needed > self._width or (needed < self._width and not appended_only):
+            # The width (rounded up to WIDTH_STEP) changes only when it must grow, or shrink with sentences
+            # leaving: while the width holds, a backend moves or appends only the rows that change, in
+            # place, instead of copying every row to a new width.
+            self._width = needed
         self._k = 1 if widest == 1 else 2 * widest
         return StepPlan(
             new_sources=[s.source for s in admitted],

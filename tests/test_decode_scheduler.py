@@ -258,3 +258,39 @@ def test_a_deep_queue_joins_in_groups_not_one_sentence_a_step() -> None:
         check(batch)
         admissions[wait] = sum(1 for r in reports if r.admitted)
     assert admissions[4] <= 0.6 * admissions[0], admissions
+
+
+class _PlanLog(HostRows):
+    """HostRows that keeps every plan it ran."""
+
+    def __init__(self) -> None:
+        super().__init__(toy_encode, toy_decode)
+        self.plans: list = []
+
+    def step(self, plan):
+        self.plans.append(plan)
+        return super().step(plan)
+
+
+def test_a_leaver_s_place_goes_to_the_last_sentence_if_it_has_the_size_so_only_its_rows_move() -> None:
+    backend = _PlanLog()
+    sched = DecodeScheduler(backend, max_rows=1000, max_positions=100_000, bos=BOS, eos=EOS)
+    source = np.array([5, 6, 7, EOS])
+    # rows: a 0-1, b 2-3 (out of steps after one), c 4 (greedy), d 5-6
+    a, b, c, d = (Sentence(source, beam, length, 0.6) for beam, length in ((2, 20), (2, 1), (1, 20), (2, 20)))
+    for s in (a, b, c, d):
+        sched.add(s)
+    sched.step()
+    assert b.result is not None
+    sched.step()
+    assert sched.live == [a, d, c]  # d, the last, took b's place: only d's two rows moved
+    plan = backend.plans[-1]
+    assert plan.relayout and plan.keep.tolist() == [0, 1, 5, 6, 4]
+    assert plan.width == backend.plans[0].width  # the width held, so a backend copies rows 5-6 to 2-3 in place
+    c.result = [4]  # c, now the last, leaves: no row moves
+    sched._retire()
+    sched.step()
+    assert sched.live == [a, d] and backend.plans[-1].keep.tolist() == [0, 1, 2, 3]
+    while not sched.idle:
+        sched.step()
+    check([a, b, d])
