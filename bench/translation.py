@@ -71,8 +71,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return p.parse_args(list(argv))
 
 
-def latest_version(model: str = "translation") -> Path:
-    folder = REPO_ROOT / "model_repository" / model
+def latest_version(model: str = "translation", repository: Path = REPO_ROOT / "model_repository") -> Path:
+    folder = repository / model
     return max((p for p in folder.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
 
 

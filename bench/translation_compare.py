@@ -42,7 +42,7 @@ import numpy as np
 from bench.client import encode_post
 from bench.load import Run, _summary, closed_loop, interleaved, median_by
 from bench.servers import READY_TIMEOUT_S, REPO_ROOT, ServerHandle, _answers, free_port, launch_server
-from bench.translation import PATH
+from bench.translation import PATH, latest_version
 
 NEW, BASE = "step_level", "baseline"
 
@@ -92,8 +92,7 @@ def same_model_repository(baseline: Path, work: Path) -> Path:
     """A repository holding the baseline's newest translation version plus ``rows.onnx``/``topk.onnx`` (checked)."""
     from export.decode_graphs import add_to_folder
 
-    versions = (baseline / "model_repository" / "translation").iterdir()
-    source = max((p for p in versions if p.name.isdigit()), key=lambda p: int(p.name))
+    source = latest_version("translation", baseline / "model_repository")
     target = work / "model_repository" / "translation" / source.name
     shutil.copytree(source, target)
     if not (target / "rows.onnx").is_file():

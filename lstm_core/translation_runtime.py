@@ -150,9 +150,9 @@ class DeviceRows:
     On CPU the rows are re-laid out in numpy instead (``host_rows``, the default there): the encoder
     outputs live in buffers with spare rows, so joining sentences are written after the rows and the
     rows of a sentence moved into a leaver's place are copied there, in place; any other change (a new
-    width, a shift) costs one gather. ``rows.onnx`` copies
-    every row four times (Gather, Pad, Slice, Concat) at each change: 17% of the decode thread at
-    beam 4, c=32 on 2 cores. The decoder sees the same tensors either way (``tests/test_device_seam.py``).
+    width, a shift) costs one gather. ``rows.onnx`` copies every row four times (Gather, Pad, Slice,
+    Concat) at each change: 17% of the decode thread at beam 4, c=32 on 2 cores. The decoder sees the
+    same tensors either way (``tests/test_device_seam.py``).
     """
 
     def __init__(
