@@ -261,7 +261,7 @@ class RequestEdgeMiddleware:
 
     def __init__(
         self,
-        app: ASGIApp,
+        app: ASGIApp | None,
         metrics: Metrics,
         registry: ServedModels,
         route_tasks: Mapping[str, str],
@@ -279,6 +279,12 @@ class RequestEdgeMiddleware:
         # (model, version, endpoint, status) -> the counter and histogram children: prometheus-client's
         # ``labels()`` costs more than the update itself. As bounded as the labels are.
         self._children: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
+
+    def around(self, app: ASGIApp) -> RequestEdgeMiddleware:
+        """This instance around ``app``: the middleware factory Starlette calls when it builds its stack, so the
+        app can also call this same instance directly (``service.app.ServiceApp``)."""
+        self.app = app
+        return self
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

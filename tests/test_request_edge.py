@@ -4,7 +4,9 @@ the header deadline without a timer per request, and the direct route of the hot
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import weakref
 from typing import Any
 
 import pytest
@@ -14,7 +16,7 @@ from fastapi.responses import JSONResponse
 from service.api.common import DirectRoute, disconnected
 from service.metrics import Metrics
 from service.middleware import CLIENT_GONE_KEY, BodyReader, receive_now
-from service.protocol import DISCONNECT_KEY, DisconnectHook, HeaderTimeoutMixin
+from service.protocol import DISCONNECT_KEY, CoalescingWrites, DisconnectHook, HeaderTimeoutMixin
 
 
 def _scope(headers: list[tuple[bytes, bytes]] | None = None) -> dict[str, Any]:
@@ -269,6 +271,67 @@ def test_a_lost_connection_tells_the_request_being_served_and_no_finished_one() 
     assert heard[-1] == "late"
 
 
+class _RecordingTransport(_Transport):
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, tuple[bytes, ...]]] = []
+
+    def write(self, data: bytes) -> None:
+        self.sent.append(("write", (data,)))
+
+    def writelines(self, chunks: Any) -> None:
+        self.sent.append(("writelines", tuple(chunks)))
+
+    def get_extra_info(self, name: str) -> str:
+        return f"info {name}"
+
+
+def test_a_response_head_goes_out_with_its_body_in_one_write() -> None:
+    """uvicorn writes a response's head and body separately (two sends); the cycle's transport joins them."""
+    _, protocol, _ = _connected()
+    transport = _RecordingTransport()
+    protocol.transport = transport  # type: ignore[assignment]
+    cycle = _Cycle()
+    cycle.response_started = False  # type: ignore[attr-defined]
+    protocol.cycle = cycle
+    assert isinstance(cycle.transport, CoalescingWrites)  # type: ignore[attr-defined]
+    writes = cycle.transport  # type: ignore[attr-defined]
+    writes.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # before the response starts: sent at once
+    cycle.response_started = True  # type: ignore[attr-defined]
+    writes.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    assert transport.sent == [("write", (b"HTTP/1.1 100 Continue\r\n\r\n",))]
+    writes.write(b"{}")
+    writes.write(b"more")  # a later chunk of a streamed body: as it comes
+    cycle.response_complete = True
+    protocol.on_response_complete()
+    assert transport.sent[1:] == [("writelines", (b"HTTP/1.1 200 OK\r\n\r\n", b"{}")), ("write", (b"more",))]
+    assert writes.get_extra_info("peername") == "info peername"  # the rest is the transport's
+    # Complete, the cycle is freed by reference counting alone: no cycle → transport → cycle garbage per request.
+    finished = weakref.ref(cycle)
+    gc.disable()
+    try:
+        del cycle, writes
+        protocol.cycle = _Cycle()  # the next request's headers
+        assert finished() is None
+    finally:
+        gc.enable()
+
+    for ending in ("complete", "close"):  # a response without a body write (HEAD): its head is not lost
+        transport.sent.clear()
+        head = _Cycle()
+        head.response_started = False  # type: ignore[attr-defined]
+        protocol.cycle = head
+        head.response_started = True  # type: ignore[attr-defined]
+        head.transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")  # type: ignore[attr-defined]
+        assert transport.sent == []
+        if ending == "complete":
+            head.response_complete = True
+            protocol.on_response_complete()
+        else:
+            head.transport.close()  # type: ignore[attr-defined]
+            assert transport.closed
+        assert transport.sent == [("write", (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n",))]
+
+
 def test_one_failing_disconnect_callback_does_not_silence_the_others(caplog) -> None:
     hook = DisconnectHook()
     heard: list[int] = []
@@ -321,10 +384,52 @@ def test_the_served_app_calls_every_native_task_route_directly() -> None:
     from service.settings import Settings
 
     app = create_app(Settings(warmup=False))
-    edge = next(m for m in app.user_middleware if m.cls.__name__ == "RequestEdgeMiddleware")
+    assert app.edge is not None
     native_paths = {pipeline.wire.native_path for pipeline in discover([]).values()}
-    assert native_paths and set(edge.kwargs["direct"]) == native_paths
-    assert all(isinstance(route, DirectRoute) for route in edge.kwargs["direct"].values())
+    assert native_paths and set(app.edge.direct) == native_paths
+    assert all(isinstance(route, DirectRoute) for route in app.edge.direct.values())
+    # The same edge instance is the outermost user middleware for every other request.
+    assert [m.cls for m in app.user_middleware] == [app.edge.around]
+
+
+async def test_the_served_app_hands_native_posts_to_the_edge_and_the_rest_to_the_stack() -> None:
+    """A POST to a native task route goes from the app straight to the edge (FastAPI's own layers are not
+    built for it); any other request, and a native POST when CORS, keys or a rate limit are on, takes the
+    full stack with the edge inside it."""
+    import httpx
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    def stack_calls(app: Any) -> list[str]:
+        calls: list[str] = []
+        inner = app.build_middleware_stack
+
+        def counting_stack() -> Any:
+            stack = inner()
+
+            async def through(scope: Any, receive: Any, send: Any) -> None:
+                calls.append(scope["path"])
+                await stack(scope, receive, send)
+
+            return through
+
+        app.build_middleware_stack = counting_stack
+        return calls
+
+    cases = ((Settings(warmup=False), False), (Settings(warmup=False, api_keys="k"), True))
+    for settings, native_through_stack in cases:
+        app = create_app(settings)
+        calls = stack_calls(app)
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        headers = {"authorization": "Bearer k"}
+        async with httpx.AsyncClient(transport=transport, base_url="http://edge", headers=headers) as client:
+            native = await client.post("/v1/sentiment", json={"texts": []})
+            health = await client.get("/healthz")
+        # No model loads here (no lifespan): the native POST is validated and refused, with the edge's request id.
+        assert native.status_code == 422 and native.headers["x-request-id"]
+        assert health.status_code == 200 and health.headers["x-request-id"]
+        assert calls == (["/v1/sentiment", "/healthz"] if native_through_stack else ["/healthz"])
 
 
 def test_a_direct_route_takes_only_the_request() -> None:
