@@ -44,3 +44,29 @@ def test_translation_models_compares_two_repositories_and_writes_json_and_png(tm
     bleu = result["bleu"]
     assert bleu["shipped fp32"]["beam4"] == bleu["candidate fp32"]["beam4"]  # the same files answer alike
     assert result["exit_codes"] == {"shipped fp32": 0, "candidate fp32": 0}
+
+
+def test_ab_serves_a_baseline_commit_beside_this_tree_and_pairs_the_runs(tmp_path: Path) -> None:
+    """``bench.ab`` against this checkout's own HEAD from a worktree: both servers answer every request,
+    each load gets one ratio per repeat, JSON + PNG written, both servers exit 0."""
+    import subprocess
+
+    from bench import ab
+    from bench.servers import REPO_ROOT
+
+    head = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    worktree, out = tmp_path / "baseline", tmp_path / "ab"
+    args = ["--baseline", head.stdout.strip(), "--baseline-worktree", str(worktree), "--repeats", "2"]
+    try:
+        assert ab.main([*args, "--duration", "0.5", "--warmup", "0", "--out", str(out)]) == 0
+    finally:
+        subprocess.run(["git", "-C", str(REPO_ROOT), "worktree", "remove", "--force", str(worktree)], check=False)
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert out.with_suffix(".png").stat().st_size > 5_000
+    assert result["exit_codes"] == {"baseline": 0, "main": 0}
+    assert {(r["server"], r["mode"], r["repeat"]) for r in result["runs"]} == {
+        (server, load, rep) for server in ("baseline", "main") for load, _, _ in ab.LOADS for rep in (0, 1)
+    }
+    assert all(r["ok"] > 0 and r["errors"] == {} for r in result["runs"])
+    for summary in result["summary"].values():
+        assert len(summary["throughput_ratios"]) == 2 and summary["throughput_ratio_median"] > 0
