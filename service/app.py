@@ -40,9 +40,10 @@ class ServiceApp(FastAPI):
     of FastAPI's stack (``ServerErrorMiddleware`` with its ``send`` wrapper, ``ExceptionTelemetryMiddleware``,
     ``AppBodyLimitMiddleware``): about an eighth of a one-process server's event loop at c=64 (py-spy),
     none of it doing anything for these requests (the edge is their 500 handler and their body limit).
-    Every other request, and every request when CORS, API keys or a rate limit are on (``edge`` is None:
-    those layers must run before the body is read), takes the full stack, where the same edge instance
-    is the outermost user middleware.
+    Every other request takes the full stack, where the same edge instance is the outermost user
+    middleware; so does every request when CORS, API keys or a rate limit are on (they must run before
+    the body is read) or when FastAPI's OpenTelemetry is (its spans come from its own layer): ``edge``
+    is None then.
     """
 
     edge: RequestEdgeMiddleware | None = None
@@ -132,5 +133,6 @@ def create_app(
         direct=direct,
     )
     app.add_middleware(edge.around)  # the same instance, outermost in the stack for every other request
-    app.edge = None if inner_layers else edge
+    # With OpenTelemetry on, FastAPI's own layer makes the spans: every request goes through it.
+    app.edge = None if inner_layers or settings.opentelemetry else edge
     return app

@@ -394,8 +394,8 @@ def test_the_served_app_calls_every_native_task_route_directly() -> None:
 
 async def test_the_served_app_hands_native_posts_to_the_edge_and_the_rest_to_the_stack() -> None:
     """A POST to a native task route goes from the app straight to the edge (FastAPI's own layers are not
-    built for it); any other request, and a native POST when CORS, keys or a rate limit are on, takes the
-    full stack with the edge inside it."""
+    built for it); any other request, and a native POST when CORS, keys, a rate limit or OpenTelemetry are
+    on, takes the full stack with the edge inside it."""
     import httpx
 
     from service.app import create_app
@@ -417,7 +417,11 @@ async def test_the_served_app_hands_native_posts_to_the_edge_and_the_rest_to_the
         app.build_middleware_stack = counting_stack
         return calls
 
-    cases = ((Settings(warmup=False), False), (Settings(warmup=False, api_keys="k"), True))
+    cases = (
+        (Settings(warmup=False), False),
+        (Settings(warmup=False, api_keys="k"), True),
+        (Settings(warmup=False, opentelemetry=True), True),  # FastAPI's own layer makes the spans
+    )
     for settings, native_through_stack in cases:
         app = create_app(settings)
         calls = stack_calls(app)
