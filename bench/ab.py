@@ -105,12 +105,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             1: [json.dumps({"texts": [t]}).encode() for t in texts],
             32: [json.dumps({"texts": texts[i : i + 32]}).encode() for i in range(0, 1984, 32)],
         }
+        requests = {  # encoded once per server and load, not before every run
+            (name, n): [encode_post(handle.url, PATH, b) for b in batch]
+            for name, handle in servers.items()
+            for n, batch in bodies.items()
+        }
         for rep in range(args.repeats):
             for load, per_request, c in LOADS:
                 order = ("baseline", "main") if rep % 2 == 0 else ("main", "baseline")
                 for name in order:
-                    reqs = [encode_post(servers[name].url, PATH, b) for b in bodies[per_request]]
-                    run = measure(servers[name], name, reqs, c, per_request, args)
+                    run = measure(servers[name], name, requests[name, per_request], c, per_request, args)
                     run.mode, run.repeat = load, rep
                     runs.append(run)
     finally:
