@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 from tokenizers import Tokenizer
 
 from export.fp16_storage import store_exact_fp16
@@ -140,9 +140,51 @@ def build_fp16(source: Path, target: Path) -> None:
         keep_io_types=True,
         op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FP32_OPS],
     )
+    drop_fp16_round_trips(model)
     sort_nodes(model.graph)
     onnx.checker.check_model(model)
     onnx.save(model, str(target))
+
+
+def drop_fp16_round_trips(model: onnx.ModelProto) -> int:
+    """Replace each fp32 -> fp16 -> fp32 pair of Casts with an Identity; return how many were dropped.
+
+    ``keep_io_types`` makes the converter cast a blocked op's fp32 output (the Softmax that must stay
+    fp32) to fp16 and then back to fp32 for the graph's fp32 output. The pair does no work but rounding:
+    the served probabilities came out on fp16's grid and summed to 1 only within about 2e-4. Without it
+    they are the fp32 Softmax's own values.
+    """
+    graph = model.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in onnx.shape_inference.infer_shapes(model).graph.value_info}
+    types.update({v.name: v.type.tensor_type.elem_type for v in graph.input})
+    types.update({i.name: i.data_type for i in graph.initializer})
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    graph_outputs = {o.name for o in graph.output}
+
+    def cast_to(node: onnx.NodeProto) -> int | None:
+        if node.op_type != "Cast":
+            return None
+        return next((a.i for a in node.attribute if a.name == "to"), None)
+
+    dropped, replaced = 0, set()
+    for first in list(graph.node):
+        if cast_to(first) != TensorProto.FLOAT16 or types.get(first.input[0]) != TensorProto.FLOAT:
+            continue
+        following = readers.get(first.output[0], [])
+        if len(following) != 1 or first.output[0] in graph_outputs or cast_to(following[0]) != TensorProto.FLOAT:
+            continue
+        second = following[0]
+        identity = helper.make_node("Identity", [first.input[0]], [second.output[0]], name=f"{second.name}__exact")
+        graph.node.insert(list(graph.node).index(second), identity)
+        replaced.update({id(first), id(second)})
+        dropped += 1
+    kept = [node for node in graph.node if id(node) not in replaced]
+    del graph.node[:]
+    graph.node.extend(kept)
+    return dropped
 
 
 def sort_nodes(graph: onnx.GraphProto) -> None:
@@ -411,7 +453,8 @@ def add_variants(
                 for path in final.values():
                     path.unlink(missing_ok=True)
                 continue
-            cost = gate.measure_cost(staged) if measure_cost and where == TARGET_PROVIDER[precision] else None
+            # export measures cost models on CPU: only a CPU variant gets one (the server calibrates CUDA itself)
+            cost = gate.measure_cost(staged) if measure_cost and where == TARGET_PROVIDER[precision] == CPU else None
             for g in gate.graph_files:
                 os.replace(staged[g], final[g])
         finally:

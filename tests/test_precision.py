@@ -237,3 +237,37 @@ def test_int8_answers_on_fixed_sentences_are_within_the_gate_of_fp32() -> None:
     assert agreement >= MIN_LABEL_AGREEMENT
     assert abs(100 * (accuracy["int8"] - accuracy["fp32"])) <= MAX_ACCURACY_DELTA_POINTS
     assert float(np.abs(answers["int8"] - answers["fp32"]).max()) < 0.1
+
+
+def _round_trips(model: onnx.ModelProto) -> list[str]:
+    """Cast(to=fp16) nodes whose only reader casts straight back to fp32."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+
+    def to(node: onnx.NodeProto) -> int | None:
+        return next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
+
+    return [
+        n.name
+        for n in model.graph.node
+        if to(n) == onnx.TensorProto.FLOAT16
+        and [to(r) for r in readers.get(n.output[0], [])] == [onnx.TensorProto.FLOAT]
+    ]
+
+
+@pytest.mark.parametrize("shipped", [False, True], ids=["built", "shipped"])
+def test_fp16_variant_answers_the_fp32_softmax_values_not_fp16_rounded_ones(tmp_path: Path, shipped: bool) -> None:
+    """The Softmax runs in fp32; its output must reach the client unrounded (sums to 1 within 1e-6)."""
+    path = SENTIMENT / "model.fp16.onnx"
+    if not shipped:
+        path = tmp_path / "model.fp16.onnx"
+        precision_module.build_fp16(SENTIMENT / "model.onnx", path)
+    assert _round_trips(onnx.load(str(path))) == []
+    ids = np.random.default_rng(0).integers(4, 2000, size=(64, 12), dtype=np.int64)
+    lengths = np.full(64, 12, dtype=np.int64)
+    session = ort.InferenceSession(str(path), providers=[CPU])
+    (probabilities,) = session.run(None, {"input_ids": ids, "lengths": lengths})
+    assert probabilities.dtype == np.float32
+    assert float(np.abs(probabilities.sum(axis=1) - 1.0).max()) < 1e-6
