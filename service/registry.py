@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -297,6 +298,7 @@ class ModelRegistry(ServedModels):
                 count = await asyncio.to_thread(instance.warmup, batching.max_batch_size)
             log.info("model %s/%s warmed up with %d batches, %d instance(s)", name, version, count, len(instances))
             cost_model = await asyncio.to_thread(calibrate, pipeline, batching, cost_model, cuda)
+            await asyncio.to_thread(release_memory, instances, name)
         return Batcher(instances, batching, self.metrics, name, version, cost_model)
 
     async def _continuous(
@@ -325,6 +327,15 @@ class ModelRegistry(ServedModels):
         """Per served model: provider, precision variant and files actually running."""
         provider = self.runtime.provider if self.runtime is not None else None
         return {m.name: m.serving_info(provider or "") for m in self.models.values()}
+
+
+def release_memory(instances: Sequence[Pipeline], name: str) -> None:
+    """Give back the arena memory warm-up and calibration left (blocking); a failure only costs memory."""
+    for instance in instances:
+        try:
+            instance.release_memory()
+        except Exception as exc:
+            log.warning("%s: arena memory not released after warm-up (%s: %s)", name, type(exc).__name__, exc)
 
 
 def calibrate(pipeline: Pipeline, batching: BatchingSettings, default: CostModel, cuda: bool = False) -> CostModel:

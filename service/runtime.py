@@ -15,7 +15,9 @@ served if the card has it and refused otherwise.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +118,7 @@ class Runtime:
     def __init__(self, options: RuntimeOptions, available_providers: Sequence[str] | None = None) -> None:
         """``available_providers`` stands in for what onnxruntime reports (tests of the provider choice)."""
         self.options = options
+        self._local = threading.local()  # run options of the calling thread (``releasing_memory``)
         if options.provider == "cpu":
             self.provider = CPU
         elif cuda_available(available_providers):
@@ -226,12 +229,32 @@ class Runtime:
         copied back once.
         """
         device = self.binding_device
+        run_options = getattr(self._local, "run_options", None)
         if device is None:
-            return session.run(list(output_names), dict(feeds))
+            return session.run(list(output_names), dict(feeds), run_options)
         binding = session.io_binding()
         for name, value in feeds.items():
             binding.bind_cpu_input(name, value)
         for name in output_names:
             binding.bind_output(name, *device)
-        session.run_with_iobinding(binding)
+        session.run_with_iobinding(binding, run_options)
         return binding.copy_outputs_to_cpu()
+
+    @contextmanager
+    def releasing_memory(self) -> Iterator[None]:
+        """Runs of the calling thread inside this block give back the arena memory they leave unused.
+
+        onnxruntime's arenas keep every region a run allocated and never return it. Warm-up and cost
+        calibration run full batches (1,024 rows on CUDA, at up to 128 tokens), and serving often never
+        needs that much again: on the H100 one test server held gigabytes of GPU memory and eight of them
+        filled its 80 GB. One small run with ``memory.enable_memory_arena_shrinkage`` frees the regions
+        nothing uses; on CPU, after a 1,024-row warm-up of the sentiment graph, 834 MB went back.
+        """
+        arenas = f"cpu:0;gpu:{self.options.cuda_device_id}" if self.provider == CUDA else "cpu:0"
+        options = ort.RunOptions()
+        options.add_run_config_entry("memory.enable_memory_arena_shrinkage", arenas)
+        self._local.run_options = options
+        try:
+            yield
+        finally:
+            self._local.run_options = None

@@ -193,6 +193,17 @@ class Pipeline(ABC, Generic[ParamsT]):
             self.run_batch(batch)
         return len(batches)
 
+    def release_memory(self) -> None:
+        """After warm-up and calibration: one small batch that lets onnxruntime give back arena memory.
+
+        Pipelines that run their sessions through ``Runtime.run`` release what their full-size warm-up
+        left; for the others (translation's own runtime) the batch just runs.
+        """
+        if self.runtime is None:
+            return
+        with self.runtime.releasing_memory():
+            self.run_batch(self.warmup_batches(1)[0])
+
     def step_decoding(self, policy: DecodePolicy) -> StepDecoding | None:
         """Step-level batching for this pipeline, run as ``policy`` says, or None (the default): batcher rounds."""
         return None
