@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 
 from models.datasets import CHECKSUMS, DataChecksumError, data_dir
-from models.sentiment.data import SPLIT_FILES, dataset_info, load_split, occurs_in, root_items, sentence_split, spans
+from models.sentiment.data import (
+    SPLIT_FILES,
+    build_sentence_split,
+    dataset_info,
+    load_split,
+    occurs_in,
+    root_items,
+    sentence_split,
+    spans,
+)
 
 
 @pytest.mark.parametrize(("name", "count"), [("train", 60_614), ("dev", 6_735)])
@@ -70,10 +79,20 @@ def test_sentence_split_has_no_leakage() -> None:
 
 
 def test_sentence_split_is_deterministic() -> None:
-    first_train, first_val = sentence_split()
-    again_train, again_val = sentence_split()
+    """Built twice from the files (not the process's cached copy), the split is the same."""
+    first_train, first_val = build_sentence_split()
+    again_train, again_val = build_sentence_split()
     assert first_val == again_val and first_train == again_train
-    assert sentence_split(seed=7)[1].texts != first_val.texts
+    assert build_sentence_split(seed=7)[1].texts != first_val.texts
+    assert sentence_split() == (first_train, first_val)  # the cached split is that split
+
+
+def test_cached_split_hands_each_caller_its_own_lists() -> None:
+    train, val = sentence_split()
+    val.texts.clear()
+    train.labels.append(9)
+    again_train, again_val = sentence_split()
+    assert len(again_val) == 1_000 and again_train.labels[-1] != 9
 
 
 def test_roots_are_items_inside_no_other_item() -> None:

@@ -16,6 +16,7 @@ whole sentences the model has never seen in any form.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,10 @@ class Split:
 
     def __len__(self) -> int:
         return len(self.texts)
+
+    def copy(self) -> Split:
+        """The same examples in new lists (a cached split hands these out, so no caller changes another's)."""
+        return Split(self.name, list(self.texts), list(self.labels))
 
     def head(self, n: int | None) -> Split:
         """The first ``n`` examples (all when ``n`` is None): the tiny runs tests and smoke checks use."""
@@ -95,6 +100,23 @@ def root_items(texts: list[str]) -> list[str]:
 
 
 def sentence_split(
+    heldout: int = HELDOUT_SENTENCES, seed: int = SPLIT_SEED, root: Path | None = None
+) -> tuple[Split, Split]:
+    """``build_sentence_split``'s answer, built once per process and arguments; each caller gets copies.
+
+    Building it looks up 5.4 M spans (about 5 s on a slow core), and one export asked for it twice: it
+    was 95% of a tiny run's export, and the test suite built it dozens of times.
+    """
+    train, val = _cached_split(heldout, seed, root)
+    return train.copy(), val.copy()
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_split(heldout: int, seed: int, root: Path | None) -> tuple[Split, Split]:
+    return build_sentence_split(heldout, seed, root)
+
+
+def build_sentence_split(
     heldout: int = HELDOUT_SENTENCES, seed: int = SPLIT_SEED, root: Path | None = None
 ) -> tuple[Split, Split]:
     """(train, val): ``heldout`` whole sentences for validation, and every item not inside one of them.
