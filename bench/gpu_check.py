@@ -276,6 +276,7 @@ def server_runs(provider: str, args: argparse.Namespace, workers: int, label: st
     runs: list[Run] = []
     texts = load_texts(2000)
     flickr = flickr_sentences("en", 200)
+    ready_gpu_mib = _gpu_memory_mib(server.url)  # what warm-up left held, before any load (None without NVML)
     try:
         single = [{"texts": [t]} for t in texts]
         for c in args.concurrency:
@@ -287,6 +288,7 @@ def server_runs(provider: str, args: argparse.Namespace, workers: int, label: st
         for c in args.translation_concurrency:
             runs.append(load_run(server, f"translation beam4{label}", "/v1/translate", beam4, 1, c, args))
         info = {"settings": settings, "rss_mb": server.rss() / 2**20, "model_info": _model_info(server.url)}
+        info["gpu_memory_mib"] = {"ready": ready_gpu_mib, "after_load": _gpu_memory_mib(server.url)}
         info["processes"] = len(process_tree(server.process.pid))
     finally:
         info_exit = server.stop()
@@ -372,11 +374,21 @@ def precision_step(provider: str, args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _model_info(url: str) -> list[str]:
+def _metric_lines(url: str, name: str) -> list[str]:
     import urllib.request
 
     with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
-        return [line for line in response.read().decode().splitlines() if line.startswith("lstm_serve_model_info")]
+        return [line for line in response.read().decode().splitlines() if line.startswith(name)]
+
+
+def _model_info(url: str) -> list[str]:
+    return _metric_lines(url, "lstm_serve_model_info")
+
+
+def _gpu_memory_mib(url: str) -> float | None:
+    """The device's memory in use (the service's NVML gauge), MiB; None where NVML or a GPU is missing."""
+    lines = _metric_lines(url, "lstm_serve_gpu_memory_used_bytes")
+    return float(lines[0].split()[-1]) / 2**20 if lines else None
 
 
 # ------------------------------------------------------------------------------------------ reporting

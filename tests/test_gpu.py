@@ -65,6 +65,9 @@ def test_gpu_check_runs_end_to_end_on_the_cpu_provider(tmp_path: Path) -> None:
     assert served == {"sentiment x1", "sentiment x64", "translation beam4"}
     assert all(r["ok"] > 0 and not r["errors"] for r in result["server"]["runs"])
     assert np.isfinite([r["sequences_s"] for r in result["model_throughput"]]).all()
+    # the device's memory as the server's NVML gauge reads it (None where NVML or a GPU is missing)
+    (memory,) = [s["gpu_memory_mib"] for s in result["server"]["servers"]]
+    assert set(memory) == {"ready", "after_load"} and all(v is None or v > 0 for v in memory.values())
 
 
 def test_gpu_check_refuses_a_machine_without_cuda_unless_told() -> None:
