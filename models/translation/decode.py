@@ -38,26 +38,49 @@ class TorchStepper:
         return log_probs.numpy()
 
 
+class EnsembleStepper:
+    """Several models' steppers as one: each token scored by the log of the models' mean probability.
+
+    Averaging probabilities (not log-probabilities) is the usual ensemble of NMT systems: a token one
+    model rules out keeps the others' mass. The models must share vocabularies (the same tokenizers).
+    """
+
+    def __init__(self, steppers: Sequence[TorchStepper]) -> None:
+        self.steppers = list(steppers)
+        self.log_count = float(np.log(len(self.steppers)))
+
+    def __call__(self, prev_tokens: np.ndarray, state_index: np.ndarray) -> np.ndarray:
+        each = np.stack([stepper(prev_tokens, state_index) for stepper in self.steppers])
+        return np.logaddexp.reduce(each, axis=0) - np.float32(self.log_count)
+
+
+def as_models(model: Seq2Seq | Sequence[Seq2Seq]) -> list[Seq2Seq]:
+    """One model or an ensemble, as a list."""
+    return [model] if isinstance(model, Seq2Seq) else list(model)
+
+
 def search_ids(
-    model: Seq2Seq,
+    model: Seq2Seq | Sequence[Seq2Seq],
     src_ids: Sequence[list[int]],
     beam_size: int = 1,
     max_length: int = 128,
     alpha: float = 0.6,
 ) -> list[list[int]]:
-    """Target ids for one batch of source id lists (greedy when ``beam_size`` is 1)."""
+    """Target ids for one batch of source id lists (greedy when ``beam_size`` is 1); a list of models
+    decodes as their ensemble (``EnsembleStepper``)."""
     src = pad(list(src_ids))
     lengths = torch.tensor([len(s) for s in src_ids], dtype=torch.long)
     max_length = output_limit(max_length, int(lengths.max()))
     with torch.inference_mode():
-        stepper = TorchStepper(model, src, lengths, beam_size)
+        steppers = [TorchStepper(m, src, lengths, beam_size) for m in as_models(model)]
+        stepper = steppers[0] if len(steppers) == 1 else EnsembleStepper(steppers)
         if beam_size == 1:
             return greedy_search(stepper, len(src_ids), max_length, BOS_ID, EOS_ID)
         return beam_search(stepper, len(src_ids), beam_size, max_length, BOS_ID, EOS_ID, alpha)
 
 
 def translate(
-    model: Seq2Seq,
+    model: Seq2Seq | Sequence[Seq2Seq],
     src_tokenizer: Tokenizer,
     tgt_tokenizer: Tokenizer,
     texts: Sequence[str],
@@ -68,8 +91,10 @@ def translate(
     max_src_tokens: int = 256,
 ) -> list[str]:
     """Detokenised translations in input order; sentences are decoded in length-sorted batches."""
-    was_training = model.training
-    model.eval()
+    models = as_models(model)
+    was_training = [m.training for m in models]
+    for m in models:
+        m.eval()
     ids = encode_source(src_tokenizer, list(texts), max_src_tokens)
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     out: list[str] = [""] * len(ids)
@@ -78,7 +103,8 @@ def translate(
         hyps = search_ids(model, [ids[i] for i in chunk], beam_size, max_length, alpha)
         for i, text in zip(chunk, decode_target(tgt_tokenizer, hyps), strict=True):
             out[i] = text
-    model.train(was_training)
+    for m, mode in zip(models, was_training, strict=True):
+        m.train(mode)
     return out
 
 

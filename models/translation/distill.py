@@ -58,12 +58,20 @@ def distill(
             bar.update(len(scheduler.step().finished))
     seconds = time.perf_counter() - started
     outputs = decode_targets(target_tok, [s.result or [] for s in sentences])
+    teacher = {
+        "teacher": str(folder),
+        "teacher_files": {name: sha256_of(folder / name) for name in ("encoder.onnx", "decoder.onnx")},
+    }
+    return write_targets(out, outputs, teacher, beam, alpha, seconds)
+
+
+def write_targets(out: Path, outputs: Sequence[str], teacher: dict, beam: int, alpha: float, seconds: float) -> dict:
+    """Write the training targets (gzip text, one line per pair in the split's order) and their record."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with gzip.open(out, "wt", encoding="utf-8") as handle:
         handle.writelines(text.replace("\n", " ") + "\n" for text in outputs)
     record = {
-        "teacher": str(folder),
-        "teacher_files": {name: sha256_of(folder / name) for name in ("encoder.onnx", "decoder.onnx")},
+        **teacher,
         "split": "train",
         "sentences": len(outputs),
         "beam_size": beam,
