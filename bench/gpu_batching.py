@@ -5,7 +5,8 @@ about 70% of its time inside onnxruntime's CUDA run. A run there costs about the
 sequences, so what a round costs is mostly *how many runs* it is cut into, and the CPU defaults
 (``max_padding_ratio`` 0.3, made for a CPU where padding costs as much as text) may cut a 256-item round
 of real sentences into several runs. This sweep serves the same model under several batching settings,
-one server after another, and reads for each load the texts/s, p50/p99, GPU busy share, server CPU
+every server up at once and measured in turn (``--repeats`` interleaved rounds, medians), and reads for
+each load the texts/s, p50/p99, GPU busy share, server CPU
 per request and, from ``/metrics``, the mean batch (items per ``session.run``) and runs per second;
 the cost model the server calibrated at warm-up comes from its log.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import sys
 import tempfile
 import urllib.request
@@ -39,6 +41,8 @@ DEFAULT_VARIANTS: list[dict[str, Any]] = [
     {},
     {"max_batch_size": 2048, "max_batch_tokens": 262144},
 ]
+#: The per-run figures ``table`` and ``plot`` give as medians over repeats.
+MEDIAN_KEYS = ("texts_s", "gpu_busy", "mean_batch", "runs_per_s", "server_cpu_ms_per_request")
 COST_LINE = re.compile(r"sentiment: batch cost = (\d+) µs \+ tokens × \(([\d.]+) µs \+ ([\d.]+) µs × items\)")
 
 
@@ -77,63 +81,97 @@ def measure(server: Any, name: str, bodies: list[dict], per_request: int, c: int
 
 
 def sweep(args: argparse.Namespace) -> dict[str, Any]:
+    """Every variant's server up at once, measured in turn ``args.repeats`` times (the order reversed on
+    odd repeats), so a slow moment of the machine falls on every variant alike; then all are stopped."""
     texts = load_texts(2000)
     single = [{"texts": [t]} for t in texts]
     multi = [{"texts": texts[i : i + 64]} for i in range(0, len(texts) - 63, 64)]
-    results = []
-    for variant in args.variants:
-        settings = {
-            "provider": args.provider,
-            "precision": "fp32",
-            "workers": args.workers,
-            **(GPU_SERVER_SETTINGS if args.provider != "cpu" else {}),
-            **variant,
-        }
-        label = variant_label(variant)
-        print(f"== {label}", flush=True)
-        server = launch_server(settings, Path(tempfile.mkdtemp(prefix="lstm-serve-gpu-batching-")), timeout=300)
-        runs: list[Run] = []
-        try:
+    entries: list[dict[str, Any]] = []
+    servers: list[Any] = []
+    try:
+        for variant in args.variants:
+            settings = {
+                "provider": args.provider,
+                "precision": "fp32",
+                "workers": args.workers,
+                **(GPU_SERVER_SETTINGS if args.provider != "cpu" else {}),
+                **variant,
+            }
+            print(f"== starting {variant_label(variant)}", flush=True)
+            servers.append(launch_server(settings, Path(tempfile.mkdtemp(prefix="lstm-serve-gpu-batching-")), 300))
+            entries.append({"variant": variant, "settings": settings, "runs": []})
+        for server in servers:
             server.settle()
-            for c in args.single_concurrency:
-                runs.append(measure(server, f"x1 [{label}]", single, 1, c, args))
-            for c in args.multi_concurrency:
-                runs.append(measure(server, f"x64 [{label}]", multi, 64, c, args))
+        for repeat in range(args.repeats):
+            order = range(len(servers)) if repeat % 2 == 0 else reversed(range(len(servers)))
+            for i in order:
+                label = variant_label(entries[i]["variant"])
+                print(f"== {label}, repeat {repeat + 1}/{args.repeats}", flush=True)
+                loads = [(f"x1 [{label}]", single, 1, c) for c in args.single_concurrency]
+                loads += [(f"x64 [{label}]", multi, 64, c) for c in args.multi_concurrency]
+                for name, bodies, per_request, c in loads:
+                    run = measure(servers[i], name, bodies, per_request, c, args)
+                    run.repeat = repeat
+                    print(f"   mean batch {run.extra['mean_batch'] or 0:.1f}, {run.extra['runs_per_s']:.0f} runs/s")
+                    entries[i]["runs"].append(asdict(run))
+        for entry, server in zip(entries, servers, strict=True):
             cost = COST_LINE.search(server.log())
-        finally:
-            exit_code = server.stop()
-        for run in runs:
-            print(f"   mean batch {run.extra['mean_batch'] or 0:.1f}, {run.extra['runs_per_s']:.0f} runs/s", flush=True)
-        results.append(
+            entry["cost_model_us"] = [float(x) for x in cost.groups()] if cost else None
+    finally:
+        for k, server in enumerate(servers):
+            code = server.stop()
+            if k < len(entries):
+                entries[k]["exit_code"] = code
+    return {"argv": sys.argv[1:], "repeats": args.repeats, "results": entries}
+
+
+def medians(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per load of a variant: the median over repeats of each figure."""
+    by_load: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for run in entry["runs"]:
+        by_load.setdefault((run["server"].split(" ", 1)[0], run["level"]), []).append(run)
+
+    def median(values: list[float | None]) -> float | None:
+        known = [v for v in values if v is not None]
+        return statistics.median(known) if known else None
+
+    rows = []
+    for (load, level), runs in by_load.items():
+        extra = [r["extra"] for r in runs]
+        rows.append(
             {
-                "variant": variant,
-                "settings": settings,
-                "cost_model_us": [float(x) for x in cost.groups()] if cost else None,
-                "exit_code": exit_code,
-                "runs": [asdict(r) for r in runs],
+                "load": load,
+                "level": level,
+                "repeats": len(runs),
+                "p50_ms": median([r["p50_ms"] for r in runs]),
+                "p99_ms": median([r["p99_ms"] for r in runs]),
+                **{key: median([x[key] for x in extra]) for key in MEDIAN_KEYS},
             }
         )
-    return {"argv": sys.argv[1:], "results": results}
+    return rows
 
 
 def table(result: dict[str, Any]) -> str:
     lines = [
-        "| settings | load | c | texts/s | p50 ms | p99 ms | GPU busy | mean batch | runs/s | CPU ms/req |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| settings | load | c | repeats | texts/s | p50 ms | p99 ms | GPU busy | mean batch | runs/s | CPU ms/req |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for entry in result["results"]:
         label = variant_label(entry["variant"])
-        for run in entry["runs"]:
-            x = run["extra"]
-            busy = "-" if x["gpu_busy"] is None else f"{x['gpu_busy']:.0%}"
-            load = run["server"].split(" ", 1)[0]
+        for row in medians(entry):
+            busy = "-" if row["gpu_busy"] is None else f"{row['gpu_busy']:.0%}"
             lines.append(
-                f"| {label} | {load} | {run['level']:.0f} | {x['texts_s']:,.0f} | {run['p50_ms']:.1f} | "
-                f"{run['p99_ms']:.1f} | {busy} | {x['mean_batch'] or 0:.1f} | {x['runs_per_s']:.0f} | "
-                f"{x['server_cpu_ms_per_request']:.2f} |"
+                f"| {label} | {row['load']} | {row['level']:.0f} | {row['repeats']} | {row['texts_s']:,.0f} | "
+                f"{row['p50_ms']:.1f} | {row['p99_ms']:.1f} | {busy} | {row['mean_batch'] or 0:.1f} | "
+                f"{row['runs_per_s']:.0f} | {row['server_cpu_ms_per_request']:.2f} |"
             )
-    costs = [f"{variant_label(e['variant'])}: {e['cost_model_us']}" for e in result["results"]]
-    return "\n".join(lines) + "\n\ncalibrated cost model (run µs, step µs, row µs):\n" + "\n".join(costs)
+    costs = [f"{variant_label(e['variant'])}: {e.get('cost_model_us')}" for e in result["results"]]
+    return (
+        "(medians over repeats)\n"
+        + "\n".join(lines)
+        + "\n\ncalibrated cost model (run µs, step µs, row µs):\n"
+        + ("\n".join(costs))
+    )
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -147,7 +185,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(10, 4.5))
     width = 0.8 / max(1, len(labels))
     for k, (entry, label) in enumerate(zip(result["results"], labels, strict=True)):
-        by_load = {(r["server"].split(" ", 1)[0], r["level"]): r["extra"]["texts_s"] for r in entry["runs"]}
+        by_load = {(row["load"], row["level"]): row["texts_s"] for row in medians(entry)}
         xs = [i + k * width for i in range(len(loads))]
         ax.bar(xs, [by_load.get(load, 0) for load in loads], width, label=label)
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(loads))], [f"{n} c={c:.0f}" for n, c in loads])
@@ -165,6 +203,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="short runs and low concurrency")
     p.add_argument("--workers", type=int, default=0, help="front ends (0 = the server's auto)")
     p.add_argument("--client-processes", type=int, default=4, help="forked load-generating processes")
+    p.add_argument("--repeats", type=int, default=1, help="interleaved rounds over the variants (medians)")
     p.add_argument("--duration", type=float, default=5.0)
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--single-concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[256])
@@ -185,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2))
     plot(result, args.out.with_suffix(".png"))
     print(table(result))
-    return 0 if all(e["exit_code"] == 0 for e in result["results"]) else 1
+    return 0 if all(e.get("exit_code") == 0 for e in result["results"]) else 1
 
 
 if __name__ == "__main__":

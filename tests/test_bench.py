@@ -70,3 +70,24 @@ def test_ab_serves_a_baseline_commit_beside_this_tree_and_pairs_the_runs(tmp_pat
     assert all(r["ok"] > 0 and r["errors"] == {} for r in result["runs"])
     for summary in result["summary"].values():
         assert len(summary["throughput_ratios"]) == 2 and summary["throughput_ratio_median"] > 0
+
+
+def test_gpu_batching_interleaves_the_variants_and_gives_medians(tmp_path: Path) -> None:
+    """``bench.gpu_batching`` on the CPU provider: every variant's server up at once, each load measured
+    once per repeat, all answered, the medians table printed, JSON + PNG written, every server exits 0."""
+    from bench import gpu_batching
+
+    out = tmp_path / "gpu_batching"
+    variants = json.dumps([{}, {"model_instances": 2}])
+    argv = ["--allow-cpu", "--quick", "--variants", variants, "--repeats", "2", "--out", str(out)]
+    assert gpu_batching.main(argv) == 0
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert out.with_suffix(".png").stat().st_size > 5_000 and result["repeats"] == 2
+    assert [e["exit_code"] for e in result["results"]] == [0, 0]
+    for entry in result["results"]:
+        assert sorted(r["repeat"] for r in entry["runs"]) == [0, 0, 1, 1]  # x1 and x64, twice
+        assert all(r["ok"] > 0 and r["errors"] == {} for r in entry["runs"])
+        rows = gpu_batching.medians(entry)
+        assert {(row["load"], row["repeats"]) for row in rows} == {("x1", 2), ("x64", 2)}
+        assert all(row["texts_s"] > 0 and row["mean_batch"] >= 1 for row in rows)
+    assert "model_instances=2" in gpu_batching.table(result)
