@@ -118,10 +118,8 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
             cost = COST_LINE.search(server.log())
             entry["cost_model_us"] = [float(x) for x in cost.groups()] if cost else None
     finally:
-        for k, server in enumerate(servers):
-            code = server.stop()
-            if k < len(entries):
-                entries[k]["exit_code"] = code
+        for entry, server in zip(entries, servers, strict=True):
+            entry["exit_code"] = server.stop()
     return {"argv": sys.argv[1:], "repeats": args.repeats, "results": entries}
 
 
@@ -165,13 +163,9 @@ def table(result: dict[str, Any]) -> str:
                 f"{row['p50_ms']:.1f} | {row['p99_ms']:.1f} | {busy} | {row['mean_batch'] or 0:.1f} | "
                 f"{row['runs_per_s']:.0f} | {row['server_cpu_ms_per_request']:.2f} |"
             )
-    costs = [f"{variant_label(e['variant'])}: {e.get('cost_model_us')}" for e in result["results"]]
-    return (
-        "(medians over repeats)\n"
-        + "\n".join(lines)
-        + "\n\ncalibrated cost model (run µs, step µs, row µs):\n"
-        + ("\n".join(costs))
-    )
+    rows = "\n".join(lines)
+    costs = "\n".join(f"{variant_label(e['variant'])}: {e['cost_model_us']}" for e in result["results"])
+    return f"(medians over repeats)\n{rows}\n\ncalibrated cost model (run µs, step µs, row µs):\n{costs}"
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -224,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2))
     plot(result, args.out.with_suffix(".png"))
     print(table(result))
-    return 0 if all(e.get("exit_code") == 0 for e in result["results"]) else 1
+    return 0 if all(e["exit_code"] == 0 for e in result["results"]) else 1
 
 
 if __name__ == "__main__":

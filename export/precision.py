@@ -169,22 +169,23 @@ def drop_fp16_round_trips(model: onnx.ModelProto) -> int:
             return None
         return next((a.i for a in node.attribute if a.name == "to"), None)
 
-    dropped, replaced = 0, set()
-    for first in list(graph.node):
+    pairs: dict[int, onnx.NodeProto] = {}  # id(second cast) -> the Identity that replaces both
+    firsts: set[int] = set()
+    for first in graph.node:
         if cast_to(first) != TensorProto.FLOAT16 or types.get(first.input[0]) != TensorProto.FLOAT:
             continue
         following = readers.get(first.output[0], [])
         if len(following) != 1 or first.output[0] in graph_outputs or cast_to(following[0]) != TensorProto.FLOAT:
             continue
         second = following[0]
-        identity = helper.make_node("Identity", [first.input[0]], [second.output[0]], name=f"{second.name}__exact")
-        graph.node.insert(list(graph.node).index(second), identity)
-        replaced.update({id(first), id(second)})
-        dropped += 1
-    kept = [node for node in graph.node if id(node) not in replaced]
+        firsts.add(id(first))
+        pairs[id(second)] = helper.make_node(
+            "Identity", [first.input[0]], [second.output[0]], name=f"{second.name}__exact"
+        )
+    kept = [pairs.get(id(node), node) for node in graph.node if id(node) not in firsts]
     del graph.node[:]
     graph.node.extend(kept)
-    return dropped
+    return len(pairs)
 
 
 def sort_nodes(graph: onnx.GraphProto) -> None:

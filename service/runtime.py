@@ -248,7 +248,7 @@ class Runtime:
         calibration run full batches (1,024 rows on CUDA, at up to 128 tokens), and serving often never
         needs that much again: on the H100 one test server held gigabytes of GPU memory and eight of them
         filled its 80 GB. One small run with ``memory.enable_memory_arena_shrinkage`` frees the regions
-        nothing uses; on CPU, after a 1,024-row warm-up of the sentiment graph, 834 MB went back.
+        nothing uses; on CPU, after a 1,024-row warm-up of the sentiment graph, 828 MiB went back.
         """
         arenas = f"cpu:0;gpu:{self.options.cuda_device_id}" if self.provider == CUDA else "cpu:0"
         options = ort.RunOptions()
