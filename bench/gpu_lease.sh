@@ -19,7 +19,7 @@ part_bytes=64000000
 case "${1:-}" in
 prepare)
     cd "$(git rev-parse --show-toplevel)"
-    ../shared/gpu/prepare.sh "$ort"  # .gpu/dl (the wheel) and .gpu/deps
+    ../shared/gpu/prepare.sh "$ort" orjson  # .gpu/dl (the wheel) and .gpu/deps (orjson: the image lacks it)
     # The suite's asyncio tests need pytest-asyncio, which the image lacks (its pytest is there).
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform any -d .gpu/deps pytest-asyncio

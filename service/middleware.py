@@ -41,6 +41,9 @@ UNMATCHED = "unmatched"
 REQUEST_ID_HEADER = b"x-request-id"
 REQUEST_ID_KEY = "lstm_serve.request_id"
 CLIENT_GONE_KEY = "lstm_serve.client_gone"  # set when the client left before its body was read
+# The whole body, once read here: endpoints take it from the scope instead of replaying it through
+# ``receive`` and Starlette's stream (``service.api.native.parse_body``).
+BODY_KEY = "lstm_serve.body"
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
 # 4xx answers that are not invalid input, each counted under its own rejected_total reason.
 REJECTED_REASONS = {401: "unauthorized", 408: "slow_client", 429: "rate_limited"}
@@ -211,6 +214,7 @@ class RequestBodyMiddleware:
             return await self.app(scope, receive, send)
         body = await self.reader.read(scope, receive, send)
         if body is not None:
+            scope[BODY_KEY] = body
             await self.app(scope, replaying(body, receive), send)
 
 
@@ -314,6 +318,7 @@ class RequestEdgeMiddleware:
             else:
                 body = await self.body.read(scope, receive, send_edge)
                 if body is not None:
+                    scope[BODY_KEY] = body
                     route = self.direct.get(scope["path"]) if scope["method"] == "POST" else None
                     if route is None:
                         await self.app(scope, replaying(body, receive), send_edge)

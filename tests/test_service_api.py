@@ -36,6 +36,10 @@ def post(server: ServerHandle, payload: object, **kwargs: object) -> httpx.Respo
 def test_sentiment_answers_with_labels_and_probabilities(live_server: ServerHandle) -> None:
     response = post(live_server, {"texts": SST2_LIKE[:4]})
     assert response.status_code == 200, response.text
+    # The answer's own headers (``service.api.responses.NativeJSON``), the request edge's id beside them.
+    assert response.headers["content-type"] == "application/json"
+    assert int(response.headers["content-length"]) == len(response.content)
+    assert response.headers["x-request-id"]
     body = response.json()
     assert body["model"] == "sentiment" and body["version"] == "1"
     assert len(body["results"]) == 4

@@ -11,6 +11,7 @@ from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
 from service.dataplane import DataPlane
+from service.middleware import BODY_KEY
 from service.protocol import DISCONNECT_KEY
 from service.registry import ServedModels
 
@@ -21,6 +22,12 @@ def dataplane(request: Request) -> DataPlane:
 
 def registry(request: Request) -> ServedModels:
     return request.app.state.registry
+
+
+async def request_body(request: Request) -> bytes:
+    """The whole body: as the request edge read it (``BODY_KEY``), else through Starlette (another stack in front)."""
+    body = request.scope.get(BODY_KEY)
+    return body if body is not None else await request.body()
 
 
 class disconnected:  # lower case: used like the function it replaced

@@ -14,11 +14,12 @@ from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, StrictStr, ValidationError, create_model
 
-from service.api.common import DirectRoute, dataplane, disconnected, registry
+from service.api.common import DirectRoute, dataplane, disconnected, registry, request_body
 from service.api.openapi import errors, json_body
+from service.api.responses import NativeJSON
 from service.errors import UnsupportedMediaType
 from service.pipelines.base import Pipeline
 from service.security import client_of
@@ -47,7 +48,7 @@ async def parse_body(request: Request, model: type[BodyT]) -> BodyT:
     """
     if not is_json(request.headers.get("content-type")):
         raise UnsupportedMediaType("Content-Type must be application/json")
-    raw = await request.body()
+    raw = await request_body(request)
     try:
         return model.model_validate_json(raw, strict=True)
     except ValidationError as exc:
@@ -85,9 +86,9 @@ def response_model(pipeline: type[Pipeline]) -> type[BaseModel]:
 
 def _task_endpoint(
     task: str, body_model: type[BaseModel], field: str
-) -> Callable[[Request], Coroutine[Any, Any, JSONResponse]]:
+) -> Callable[[Request], Coroutine[Any, Any, Response]]:
 
-    async def endpoint(request: Request) -> JSONResponse:
+    async def endpoint(request: Request) -> Response:
         started = time.monotonic()
         body = await parse_body(request, body_model)
         model = registry(request).for_task(task)
@@ -100,7 +101,7 @@ def _task_endpoint(
             client=client_of(request.scope),
         )
         # The results are plain JSON values already shaped like the response model; skip re-validating them.
-        return JSONResponse({"model": model.name, "version": model.version, field: out.results})
+        return NativeJSON({"model": model.name, "version": model.version, field: out.results})
 
     endpoint.__doc__ = f"Run the {task} model on 1..n texts; one result per text, in order."
     return endpoint

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
 from lstm_core.model_card import TensorSpec
-from service.api.common import dataplane, disconnected, registry
+from service.api.common import dataplane, disconnected, registry, request_body
 from service.api.openapi import errors, json_body
 from service.dataplane import TextsName
 from service.errors import InvalidInput
@@ -96,7 +96,7 @@ async def infer(request: Request, model_name: str, model_version: str | None = N
     started = time.monotonic()
     model = registry(request).get(model_name, model_version)
     body = decompress(
-        await request.body(), request.headers.get("content-encoding"), request.app.state.settings.max_body_bytes
+        await request_body(request), request.headers.get("content-encoding"), request.app.state.settings.max_body_bytes
     )
     decoded = decode_request(body, request.headers.get(BINARY_HEADER))
     wire = model.pipeline.wire

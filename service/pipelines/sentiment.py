@@ -57,9 +57,29 @@ class SentimentPipeline(Pipeline[NoParams]):
             self.session = runtime.session(self.graph_path(SENTIMENT_FILE))
             self.output_name = self.session.get_outputs()[0].name
 
+    defers_tokenization = True
+
     def preprocess(self, texts: Sequence[str], params: NoParams) -> list[Item]:
         ids = encode_words(self.tokenizer, texts, self.card.max_length)
         return [Item(np.asarray(row, dtype=np.int64), len(row)) for row in ids]
+
+    def preprocess_deferred(self, texts: Sequence[str], params: NoParams) -> list[Item]:
+        """A single text is left to the batcher's thread; several are tokenised here, as ``preprocess`` does.
+
+        Why the split: ``encode`` of one text holds the GIL on the event loop, while ``encode_batch`` of
+        several releases it and spreads over the cores beside the running batch. Deferring 32-text requests
+        too put their tokenising in series with the model in the one batch thread: 0.80× the texts/s
+        (``bench.ab``, 8 pairs), where single texts gained 1.20×.
+        """
+        if len(texts) != 1:
+            return self.preprocess(texts, params)
+        return [Item(None, 0, None, texts[0])]
+
+    def tokenize(self, items: Sequence[Item]) -> None:
+        texts = [item.text for item in items]
+        rows = encode_words(self.tokenizer, texts, self.card.max_length, release_gil=True)  # type: ignore[arg-type]
+        for item, row in zip(items, rows, strict=True):
+            item.data, item.length, item.text = np.asarray(row, dtype=np.int64), len(row), None
 
     def run_batch(self, items: Sequence[Item]) -> list[Any]:
         input_ids, lengths = pad_batch([item.data for item in items], PAD_ID)
@@ -67,8 +87,8 @@ class SentimentPipeline(Pipeline[NoParams]):
         (probabilities,) = self.runtime.run(self.session, [self.output_name], feeds)
         return list(probabilities)
 
-    def postprocess(self, output: Any, params: NoParams) -> dict[str, Any]:
-        probabilities = [float(p) for p in output]
+    def postprocess(self, output: np.ndarray, params: NoParams) -> dict[str, Any]:
+        probabilities = output.tolist()  # Python floats in one call: a fifth of a float() per element
         best = max(range(len(probabilities)), key=probabilities.__getitem__)
         return {
             "label": self.labels[best],
