@@ -16,20 +16,26 @@ from tokenizers import Encoding, Tokenizer
 from lstm_core.tokens import EOS_ID, UNK_ID
 
 
-def _encode(tokenizer: Tokenizer, texts: Sequence[str]) -> list[Encoding]:
-    # One text: ``encode`` skips the batch machinery (thread pool hand-off), measurable on the hot path.
-    return tokenizer.encode_batch(list(texts)) if len(texts) != 1 else [tokenizer.encode(texts[0])]
+def _encode(tokenizer: Tokenizer, texts: Sequence[str], release_gil: bool = False) -> list[Encoding]:
+    # One text: ``encode`` skips the batch machinery (thread pool hand-off), measurable on the hot path,
+    # but holds the GIL throughout; ``encode_batch`` releases it (for callers beside a busy event loop).
+    if len(texts) == 1 and not release_gil:
+        return [tokenizer.encode(texts[0])]
+    return tokenizer.encode_batch(list(texts))
 
 
-def encode_words(tokenizer: Tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
+def encode_words(
+    tokenizer: Tokenizer, texts: Sequence[str], max_length: int, release_gil: bool = False
+) -> list[list[int]]:
     """Word ids per text (sentiment), truncated to ``max_length``; a text with no token is one ``[UNK]``.
 
     Why ``[UNK]`` and not an empty row: the graph needs a length of at least one, and an unknown word is
-    what such a text (only punctuation the tokenizer drops, say) is to the model.
+    what such a text (only punctuation the tokenizer drops, say) is to the model. ``release_gil``: encode
+    even a single text with the call that lets other Python threads run meanwhile (same ids).
     """
     if max_length < 1:
         raise ValueError(f"max_length must be at least 1, got {max_length}")
-    return [enc.ids[:max_length] or [UNK_ID] for enc in _encode(tokenizer, texts)]
+    return [enc.ids[:max_length] or [UNK_ID] for enc in _encode(tokenizer, texts, release_gil)]
 
 
 def encode_source(tokenizer: Tokenizer, texts: Sequence[str], max_tokens: int) -> list[list[int]]:

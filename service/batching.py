@@ -46,9 +46,12 @@ log = logging.getLogger(__name__)
 
 
 class BatchRunner(Protocol):
-    """What the batcher needs of a pipeline: run one batch, one output per item (tests pass a fake)."""
+    """What the batcher needs of a pipeline: run one batch, one output per item (tests pass a fake), and
+    tokenise the items it deferred (``Item.text`` set; only pipelines that defer are asked)."""
 
     def run_batch(self, items: Sequence[Item]) -> list[Any]: ...
+
+    def tokenize(self, items: Sequence[Item]) -> None: ...
 
 
 @dataclass(eq=False, slots=True)
@@ -174,13 +177,13 @@ class Batcher:
                 await self._wakeup.wait()
                 continue
             await self._maybe_wait_for_more()
-            groups = self._take()
-            if not groups:
+            entries = self._take()
+            if not entries:
                 continue
             if len(self.runners) == 1:  # one instance: the round runs inline, no task per round
-                await self._execute(groups, 0)
+                await self._execute(entries, 0)
                 continue
-            task = asyncio.get_running_loop().create_task(self._execute(groups, self._free.popleft()))
+            task = asyncio.get_running_loop().create_task(self._execute(entries, self._free.popleft()))
             self._rounds.add(task)
             task.add_done_callback(self._round_done)
 
@@ -219,14 +222,11 @@ class Batcher:
             except TimeoutError:
                 return
 
-    def _take(self) -> list[list[_Queued]]:
-        """Pop the next round, the oldest live items (FIFO, up to ``max_batch_size``), as length groups.
+    def _take(self) -> list[_Queued]:
+        """Pop the next round: the oldest live items (FIFO, up to ``max_batch_size``).
 
-        Why groups: a recurrent model steps through the longest sequence of a batch, so padding costs
-        as much as text. Measured on the shipped biLSTM (CPU, SST-2 dev sentences): one batch of 32
-        random lengths costs more per item than no batching, while the same 32 sorted and cut into
-        groups of similar length cost about half of no batching. Taking the round in arrival order
-        keeps latency FIFO-fair (no item is passed over for better-fitting ones).
+        Taking the round in arrival order keeps latency FIFO-fair (no item is passed over for
+        better-fitting ones); the round is cut into length groups where it runs (``_prepare``).
         """
         now = time.monotonic()
         queue = self._oldest_queue()
@@ -241,10 +241,16 @@ class Batcher:
             else:
                 taken.append(entry)
         self._forget(dropped + len(taken))
-        return self._group(taken) if taken else []
+        return taken
 
     def _group(self, entries: list[_Queued]) -> list[list[_Queued]]:
-        """Cut length-sorted items into the batches of least modelled cost (``service.batch_cuts``)."""
+        """Cut length-sorted items into the batches of least modelled cost (``service.batch_cuts``).
+
+        Why groups: a recurrent model steps through the longest sequence of a batch, so padding costs
+        as much as text. Measured on the shipped biLSTM (CPU, SST-2 dev sentences): one batch of 32
+        random lengths costs more per item than no batching, while the same 32 sorted and cut into
+        groups of similar length cost about half of no batching.
+        """
         cfg = self.config
         entries.sort(key=lambda e: e.item.length)
         lengths = [e.item.length for e in entries]
@@ -263,17 +269,18 @@ class Batcher:
             raise RuntimeError(f"pipeline returned {len(outputs)} outputs for {len(items)} items")
         return outputs, time.perf_counter() - started
 
-    async def _execute(self, groups: list[list[_Queued]], instance: int) -> None:
+    async def _execute(self, entries: list[_Queued], instance: int) -> None:
         """Run a round's batches back to back on one instance's thread; deliver each batch as it finishes."""
         try:
-            await self._deliver(groups, instance)
+            await self._deliver(entries, instance)
         finally:
             if len(self.runners) > 1:
                 self._free.append(instance)
 
-    async def _deliver(self, groups: list[list[_Queued]], instance: int) -> None:
-        """One hand-off per round: the instance's thread runs the batches back to back and posts each
-        batch's outputs to the loop as it finishes; this returns once the last one is delivered.
+    async def _deliver(self, entries: list[_Queued], instance: int) -> None:
+        """One hand-off per round: the instance's thread prepares the round (``_prepare``), runs its batches
+        back to back and posts each batch's outputs to the loop as it finishes; this returns once the last
+        one is delivered.
 
         Why not one executor job per batch: a CPU round of single texts is cut into about six batches, and
         submitting them one by one woke the thread at the first and then fought it for the GIL at every
@@ -281,17 +288,15 @@ class Batcher:
         """
         loop = asyncio.get_running_loop()
         started = time.monotonic()
-        self._last_batch_size = sum(len(g) for g in groups)
-        for group in groups:
-            observe_many(self._m_queue_duration, [started - entry.enqueued for entry in group])
-            lengths = [e.item.length for e in group]
-            padded = max(lengths) * len(lengths)
-            self._m_size.observe(len(group))
-            self._m_tokens.observe(padded)
-            self._m_padding.observe(1.0 - sum(lengths) / padded)
+        self._last_batch_size = len(entries)
         runner = self.runners[instance]
 
         def run_round() -> None:  # the instance's thread
+            try:
+                groups = self._prepare(runner, entries, started)
+            except Exception as exc:  # tokenising failed: the round's jobs fail, the worker goes on
+                loop.call_soon_threadsafe(self._failed, entries, exc)
+                return
             for group in groups:
                 try:
                     outputs, seconds = self._timed_run(runner, [e.item for e in group])
@@ -302,6 +307,26 @@ class Batcher:
 
         # Posted after every batch's delivery, so the round is complete when this returns.
         await loop.run_in_executor(self._executors[instance], run_round)
+
+    def _prepare(self, runner: BatchRunner, entries: list[_Queued], started: float) -> list[list[_Queued]]:
+        """Worker thread: tokenise the round's deferred items, cut it into length groups, record the batches.
+
+        Items a pipeline left untokenised (``Item.text``, single-process servers: ``DataPlane.infer``) are
+        tokenised here in one call, which releases the GIL: the event loop parses the next requests
+        meanwhile instead of waiting on the tokenizer (``service.pipelines.base.Pipeline.tokenize``).
+        """
+        deferred = [e.item for e in entries if e.item.text is not None]
+        if deferred:
+            runner.tokenize(deferred)
+        groups = self._group(entries)
+        observe_many(self._m_queue_duration, [started - entry.enqueued for entry in entries])
+        for group in groups:
+            lengths = [e.item.length for e in group]
+            padded = max(lengths) * len(lengths)
+            self._m_size.observe(len(group))
+            self._m_tokens.observe(padded)
+            self._m_padding.observe(1.0 - sum(lengths) / padded)
+        return groups
 
     def _finished(self, group: list[_Queued], outputs: list[Any], seconds: float) -> None:
         self._m_inference.observe(seconds)

@@ -108,7 +108,8 @@ class DataPlane:
         name: TextsName = NATIVE_TEXTS,
         client: str | None = None,
     ) -> Inference:
-        """Validate, tokenise, batch, run, post-process: one request's texts → one result per text.
+        """Validate, tokenise (here or in the batcher's thread), batch, run, post-process: one request's texts →
+        one result per text.
 
         ``params`` are the task's request parameters, already validated (``Wire.params``; default:
         its defaults). ``disconnected`` tells when the client goes away (its items are then dropped
@@ -126,7 +127,11 @@ class DataPlane:
             inflight = self._inflight[model.labels] = self.metrics.inflight_requests.labels(*model.labels)
         inflight.inc()
         try:
-            items = model.pipeline.preprocess(texts, params)
+            pipeline = model.pipeline
+            if model.tokenize_in_batcher:  # one process: the batcher's thread tokenises, off the event loop
+                items = pipeline.preprocess_deferred(texts, params)
+            else:
+                items = pipeline.preprocess(texts, params)
             try:
                 job = model.batcher.submit(items, deadline)
             except QueueFull:

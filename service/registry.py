@@ -49,6 +49,9 @@ class ServedModel:
     pipeline: Pipeline
     batcher: Batcher | ContinuousBatcher
     batching: BatchingSettings
+    #: The dataplane leaves tokenisation to the batcher's thread (``Pipeline.preprocess_deferred``): a
+    #: round batcher in this process, of a pipeline that can. Front ends and step-level decoding: False.
+    tokenize_in_batcher: bool = False
     labels: tuple[str, str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -261,7 +264,8 @@ class ModelRegistry(ServedModels):
             ", ".join(sorted(set(variant.files.values()))),
             batching.model_dump(),
         )
-        return ServedModel(name, version, card, folder, pipeline, batcher, batching)
+        defer = isinstance(batcher, Batcher) and pipeline.defers_tokenization
+        return ServedModel(name, version, card, folder, pipeline, batcher, batching, tokenize_in_batcher=defer)
 
     def _step_engine(self, pipeline: Pipeline) -> StepDecoding | None:
         """Step-level decoding where the pipeline offers it and ``decode_mode`` is continuous, else None (rounds)."""

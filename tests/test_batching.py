@@ -47,6 +47,16 @@ class FakePipeline:
     def lengths(self) -> list[list[int]]:
         return [[length for _, length in batch] for batch in self.batches]
 
+    def tokenize(self, items: Sequence[Item]) -> None:
+        """Deferred items (``Item.text``): data is the text, length its number of words, as ``items`` makes them."""
+        self.tokenized_in = threading.current_thread().name
+        self.tokenize_calls = getattr(self, "tokenize_calls", 0) + 1
+        if any(item.text == "untokenisable" for item in items):
+            raise RuntimeError("a tokenizer failure")
+        for item in items:
+            assert item.text is not None
+            item.data, item.length, item.text = item.text, len(item.text.split()), None
+
 
 def items(*texts: str, key: Any = None) -> list[Item]:
     """One item per text, its length the number of words (as a tokenizer would count)."""
@@ -233,3 +243,37 @@ async def test_close_drains_rounds_on_every_instance() -> None:
     await asyncio.wait_for(closing, 30)
     assert [job.future.result() for job in jobs] == [[f"out:{t}"] for t in "abcdefg"]
     assert sum(len(b) for b in first.batches + second.batches) == 7 and first.batches and second.batches
+
+
+async def run_round_of(fake: FakePipeline, requests: list[list[Item]]) -> list[list[Any]]:
+    """Queue ``requests`` behind a running blocker, so they form one round; their outputs."""
+    batcher = make_batcher(fake)
+    blocker = await busy(batcher, fake)
+    jobs = [batcher.submit(request, deadline()) for request in requests]
+    fake.gate.set()
+    assert await blocker.future == ["out:blocker"]
+    outputs = [await asyncio.wait_for(job.future, 30) for job in jobs]
+    await batcher.close()
+    return outputs
+
+
+async def test_deferred_items_are_tokenised_in_the_batch_thread_before_the_round_is_cut() -> None:
+    """Items queued with their text only are tokenised in one call per round, in the instance's thread, and
+    the round is cut by their real lengths: the same batches as items that came tokenised."""
+    texts = ["a b c", "d", "e f", "g h i j k l m n o p q r", "k", "l m"]
+    tokenised, deferred = FakePipeline(), FakePipeline()
+    expected = await run_round_of(tokenised, [items(t) for t in texts])
+    got = await run_round_of(deferred, [[Item(None, 0, None, t)] for t in texts])
+    assert got == expected == [[f"out:{t}"] for t in texts]
+    assert deferred.batches == tokenised.batches and len(deferred.batches) > 2  # blocker, then a cut round
+    assert deferred.tokenize_calls == 1  # the whole round at once
+    assert deferred.tokenized_in.startswith("batch-fake-1-")  # the instance's thread, not the event loop
+
+
+async def test_a_round_whose_tokenising_fails_fails_its_requests_and_the_batcher_goes_on(fake: FakePipeline) -> None:
+    batcher = make_batcher(fake)
+    broken = batcher.submit([Item(None, 0, None, "untokenisable")], deadline())
+    with pytest.raises(BatchFailed):
+        await asyncio.wait_for(broken.future, 30)
+    assert await asyncio.wait_for(batcher.submit(items("after"), deadline()).future, 30) == ["out:after"]
+    await batcher.close()

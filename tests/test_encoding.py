@@ -73,6 +73,22 @@ def test_sentiment_word_ids_served_equal_training_ids() -> None:
     assert len(trained[5]) == limit
 
 
+def test_sentiment_items_tokenised_in_the_batch_thread_equal_preprocessed_ones() -> None:
+    """A single-process server leaves a single text's tokenising to the batcher's thread (``preprocess_deferred``
+    then ``tokenize``): the items must be exactly what ``preprocess`` makes, edge cases included."""
+    served = pipeline("sentiment")
+    params = served.wire.params()
+    expected = served.preprocess(EDGE_TEXTS, params)
+    deferred = [item for text in EDGE_TEXTS for item in served.preprocess_deferred([text], params)]
+    assert all(item.data is None and item.text is not None for item in deferred)
+    served.tokenize(deferred)
+    assert [(item.data.tolist(), item.length, item.key, item.text) for item in deferred] == [
+        (item.data.tolist(), item.length, item.key, None) for item in expected
+    ]
+    several = served.preprocess_deferred(EDGE_TEXTS, params)  # several texts: tokenised at once, as preprocess does
+    assert [item.data.tolist() for item in several] == [item.data.tolist() for item in expected]
+
+
 def test_one_text_and_a_batch_encode_alike() -> None:
     tokenizer = Tokenizer.from_file(str(REPOSITORY / "translation" / "1" / "source_tokenizer.json"))
     one_by_one = [encoding.encode_source(tokenizer, [text], 128)[0] for text in EDGE_TEXTS]

@@ -47,16 +47,19 @@ class DecodePolicy:
 
 @dataclass(slots=True)
 class Item:
-    """One unit of work for the batcher: one text of one request, already tokenised.
+    """One unit of work for the batcher: one text of one request, tokenised, or still to be (``text``).
 
     ``length`` is the item's cost in tokens (the batcher bounds items × longest length by
     ``max_batch_tokens`` and groups similar lengths to cut padding). Items whose ``key`` differ never
-    share a batch (translation uses its search settings; sentiment has a single key).
+    share a batch (translation uses its search settings; sentiment has a single key). ``text`` is set
+    only while the item waits for ``Pipeline.tokenize`` in the batcher's thread (``data`` is None and
+    ``length`` 0 until then).
     """
 
     data: Any
     length: int
     key: Hashable = None
+    text: str | None = None
 
 
 class NoParams(BaseModel):
@@ -149,6 +152,28 @@ class Pipeline(ABC, Generic[ParamsT]):
     @abstractmethod
     def preprocess(self, texts: Sequence[str], params: ParamsT) -> list[Item]:
         """Tokenise the texts of one request into one item per text (runs on the event loop)."""
+
+    #: Whether ``preprocess_deferred`` and ``tokenize`` are implemented: a single-process server then
+    #: tokenises in the batcher's thread, off the event loop (``ServedModel.tokenize_in_batcher``).
+    defers_tokenization: ClassVar[bool] = False
+
+    def preprocess_deferred(self, texts: Sequence[str], params: ParamsT) -> list[Item]:
+        """One item per text that carries the text itself (``Item.text``), for ``tokenize`` to finish.
+
+        Why: in one process the event loop is the server's limit, and a tokenizer call on it holds the
+        GIL (``tokenizers``' single ``encode`` does). The batcher's thread tokenises a whole round in
+        one ``encode_batch``, which releases it, so the loop parses other requests meanwhile. Front ends
+        of a multi-process server still tokenise in ``preprocess``: their items cross to the inference
+        process as token ids, and that process is kept for the device.
+        """
+        raise NotImplementedError(f"{type(self).__name__} tokenises in preprocess only")
+
+    def tokenize(self, items: Sequence[Item]) -> None:
+        """Fill in ``data`` and ``length`` of items made by ``preprocess_deferred`` (the batcher's thread).
+
+        Must give each item exactly what ``preprocess`` would have, and clear its ``text``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} tokenises in preprocess only")
 
     @abstractmethod
     def run_batch(self, items: Sequence[Item]) -> list[Any]:
