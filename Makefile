@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: setup run test lint models bench gpu-check clean
+.PHONY: setup run test lint models teachers bench gpu-check clean
 
 $(BIN)/activate:
 	$(PY) -m venv $(VENV)
@@ -80,6 +80,23 @@ models: $(VENV)/.installed
 		--train-targets runs/kd/train-big-ft.de.gz $(TRANSLATION_RESTART) --lr 2e-4 --epochs 6
 	$(BIN)/lstm-serve export translation runs/translation-mid-kd2 --version 1 --overwrite --alpha 2.0 --beam-size 4 \
 		--precisions int8
+
+# Issue 12's next step (docs/translation.md, "An ensemble of teachers"): two teachers of the big recipe,
+# each then fine-tuned, on one core each (hours: they span sessions), then the ensemble's val BLEU.
+# Re-run it after an interruption: train commands resume from last.pt, and a finished step (its
+# report.json written) is skipped.
+TEACHER = --enc-hidden 320 --emb 320 --dec-hidden 640 $(TRANSLATION_FIRST)
+teacher_line = { test -f runs/$(1)/report.json || $(BIN)/lstm-serve train translation --out runs/$(1) --seed $(2) \
+	$(TEACHER); } && { test -f runs/$(1)-ft/report.json || $(BIN)/lstm-serve train translation --out runs/$(1)-ft \
+	--init-from runs/$(1) --seed $(3) $(TRANSLATION_RESTART); }
+
+teachers: $(VENV)/.installed
+	mkdir -p runs
+	( $(call teacher_line,translation-big,13,14) ) >> runs/translation-big.log 2>&1 & \
+	( $(call teacher_line,translation-big-s2,15,16) ) >> runs/translation-big-s2.log 2>&1 & \
+	wait
+	$(BIN)/python -m models.translation.ensemble runs/translation-big-ft runs/translation-big-s2-ft --bleu val \
+		--alpha 1.0 | tee runs/ensemble-val.txt
 
 bench: $(VENV)/.installed
 	$(BIN)/lstm-serve bench
