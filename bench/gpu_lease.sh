@@ -7,7 +7,9 @@
 #   here:    bench/gpu_lease.sh slim      # leave models, data, results and plots out of the next calls' trees
 #   device:  three calls, call k carrying .gpu/ortx/p0k:  mkdir -p /tmp/ortw && cp .gpu/ortx/p0k/part /tmp/ortw/p0k
 #   here:    bench/gpu_lease.sh restore   # the full tree again (only the git index and .git/info/exclude change)
-#   device:  one call carrying .gpu/ortx/p03 and .gpu/deps:  bash bench/gpu_lease.sh install && <checks>
+#   device:  one call carrying .gpu/ortx/p03 and .gpu/deps:  bash bench/gpu_lease.sh install && \
+#            bash bench/gpu_lease.sh checks     # gpu-check + model instances, about 9 minutes, into $OUT
+#   device:  if time is left: bash bench/gpu_lease.sh suite   # the test suite at -n 8, GPU memory sampled
 #
 # The machine stays warm only about 30 s between calls: run the device calls back to back. `slim`
 # changes nothing in the working tree; `restore` puts the index back as HEAD has it (stage nothing
@@ -55,8 +57,38 @@ install)
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu/deps/*.whl
     PYTHONPATH=/tmp/site python3 -c "import onnxruntime as o; print(o.__version__, o.get_available_providers())"
     ;;
+checks)
+    # On the device, right after `install` in the same call: the GPU figures the open issues wait for,
+    # within the call's 600 s. `make gpu-check` (CUDA in use, parity, the server's figures and its GPU
+    # memory when ready and after the load: the arena release), then the interleaved model-instance
+    # runs that settle `model_instances`' default. Results go to $OUT (the device tool brings them back).
+    export PYTHONPATH=/tmp/site:$PWD
+    out=${OUT:-bench/results}
+    timeout 300 make gpu-check GPU_PYTHON=python3 GPU_CHECK_ARGS="--server-workers 0 --duration 4 --warmup 1 \
+        --out $out/gpu_check_lease" > "$out/gpu_check_lease.txt" 2>&1 || echo "gpu-check: exit $?"
+    timeout 220 python3 -m bench.gpu_batching --single-concurrency 256 --multi-concurrency 64 --duration 4 \
+        --warmup 1 --repeats 3 --variants '[{}, {"model_instances": 2}, {"model_instances": 3}]' \
+        --out "$out/gpu_batching_instances_lease" > "$out/gpu_batching_instances_lease.txt" 2>&1 \
+        || echo "gpu_batching: exit $?"
+    tail -n 40 "$out/gpu_check_lease.txt" "$out/gpu_batching_instances_lease.txt"
+    ;;
+suite)
+    # A second call, if the lease has the time: the suite on the GPU with 8 xdist workers (the tests of
+    # tools the image lacks left out), the GPU's memory sampled every second beside it.
+    export PYTHONPATH=/tmp/site:$PWD
+    out=${OUT:-bench/results}
+    nvidia-smi --query-gpu=timestamp,memory.used,utilization.gpu --format=csv -l 1 > "$out/suite_gpu_memory.csv" &
+    sampler=$!
+    timeout 540 python3 -m pytest -q -n 8 --dist loadfile tests --ignore=tests/test_kubernetes.py \
+        --ignore=tests/test_deploy_static.py --ignore=tests/test_deploy_live.py \
+        --ignore=tests/test_v2_tritonclient.py --ignore=tests/test_v2_codec.py \
+        --ignore=tests/test_third_task.py --ignore=tests/test_fuzz.py > "$out/suite.txt" 2>&1 || echo "suite: exit $?"
+    kill "$sampler"
+    tail -n 30 "$out/suite.txt"
+    sort -t, -k2 -n "$out/suite_gpu_memory.csv" | tail -n 1
+    ;;
 *)
-    echo "usage: $0 prepare|slim|restore|install" >&2
+    echo "usage: $0 prepare|slim|restore|install|checks|suite" >&2
     exit 2
     ;;
 esac
