@@ -54,6 +54,8 @@ def decode_items(key: Any, lengths: Sequence[int], ids: bytes) -> list[Item]:
 def encode_outputs(outputs: Sequence[Any]) -> Any:
     """Same-shaped numpy outputs travel as one array's bytes; anything else (strings) as is."""
     first = outputs[0] if outputs else None
+    if isinstance(first, np.ndarray) and len(outputs) == 1:  # a single-text request: no stacking
+        return ("nd", first.dtype.str, first.shape, 1, first.tobytes())
     if isinstance(first, np.ndarray) and all(
         isinstance(o, np.ndarray) and o.shape == first.shape and o.dtype == first.dtype for o in outputs
     ):

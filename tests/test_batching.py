@@ -277,3 +277,26 @@ async def test_a_round_whose_tokenising_fails_fails_its_requests_and_the_batcher
         await asyncio.wait_for(broken.future, 30)
     assert await asyncio.wait_for(batcher.submit(items("after"), deadline()).future, 30) == ["out:after"]
     await batcher.close()
+
+
+async def test_the_queue_gauge_is_exact_after_each_round_and_at_most_10_ms_behind_between(fake: FakePipeline) -> None:
+    metrics = Metrics()
+    config = BatchingSettings(
+        max_batch_size=8, max_batch_tokens=4096, max_delay_ms=0.0, max_padding_ratio=1.0, max_queue_items=64
+    )
+    batcher = Batcher(fake, config, metrics, "fake", "1", COST)
+    batcher.start()
+
+    def shown() -> float | None:
+        return metrics.registry.get_sample_value("lstm_serve_queue_items", {"model": "fake", "version": "1"})
+
+    blocker = await busy(batcher, fake)  # taken: the queue is empty again, and the gauge says so
+    assert shown() == 0
+    first = batcher.submit(items("a"), deadline())
+    await asyncio.sleep(0.02)  # past QUEUE_GAUGE_EVERY_S: the next submit writes the gauge
+    second = batcher.submit(items("b c"), deadline())
+    assert shown() == 2
+    fake.gate.set()
+    assert [await j.future for j in (blocker, first, second)] == [["out:blocker"], ["out:a"], ["out:b c"]]
+    await batcher.close()
+    assert shown() == 0
