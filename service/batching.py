@@ -301,8 +301,8 @@ class Batcher:
 
         def run_round() -> None:  # the instance's thread
             try:
-                groups = self._prepare(runner, entries, started)
-            except Exception as exc:  # tokenising failed: the round's jobs fail, the worker goes on
+                groups = self._prepare(runner, entries, started, loop)
+            except Exception as exc:  # a bug in cutting or recording: the round's jobs fail, the worker goes on
                 loop.call_soon_threadsafe(self._failed, entries, exc)
                 return
             for group in groups:
@@ -316,16 +316,34 @@ class Batcher:
         # Posted after every batch's delivery, so the round is complete when this returns.
         await loop.run_in_executor(self._executors[instance], run_round)
 
-    def _prepare(self, runner: BatchRunner, entries: list[_Queued], started: float) -> list[list[_Queued]]:
+    def _prepare(
+        self, runner: BatchRunner, entries: list[_Queued], started: float, loop: asyncio.AbstractEventLoop
+    ) -> list[list[_Queued]]:
         """Worker thread: tokenise the round's deferred items, cut it into length groups, record the batches.
 
         Items a pipeline left untokenised (``Item.text``, single-process servers: ``DataPlane.infer``) are
         tokenised here in one call, which releases the GIL: the event loop parses the next requests
         meanwhile instead of waiting on the tokenizer (``service.pipelines.base.Pipeline.tokenize``).
+        If that call fails, each item is tried alone, and only the requests whose text fails are
+        answered with the error: one client's text never fails another's request.
         """
-        deferred = [e.item for e in entries if e.item.text is not None]
+        deferred = [e for e in entries if e.item.text is not None]
         if deferred:
-            runner.tokenize(deferred)
+            try:
+                runner.tokenize([e.item for e in deferred])
+            except Exception:
+                failed = []
+                for entry in deferred:
+                    try:
+                        runner.tokenize([entry.item])
+                    except Exception as exc:
+                        failed.append(entry)
+                        loop.call_soon_threadsafe(self._failed, [entry], exc)
+                if failed:  # their requests are answered: none of their items runs
+                    dropped = {id(e.job) for e in failed}
+                    entries = [e for e in entries if id(e.job) not in dropped]
+                if not entries:
+                    return []
         groups = self._group(entries)
         observe_many(self._m_queue_duration, [started - entry.enqueued for entry in entries])
         for group in groups:

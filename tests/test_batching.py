@@ -270,13 +270,23 @@ async def test_deferred_items_are_tokenised_in_the_batch_thread_before_the_round
     assert deferred.tokenized_in.startswith("batch-fake-1-")  # the instance's thread, not the event loop
 
 
-async def test_a_round_whose_tokenising_fails_fails_its_requests_and_the_batcher_goes_on(fake: FakePipeline) -> None:
+async def test_a_text_that_fails_to_tokenise_fails_only_its_own_request(fake: FakePipeline) -> None:
+    """In the same round as a text the tokenizer refuses, the other requests are answered; the batcher goes on."""
     batcher = make_batcher(fake)
-    broken = batcher.submit([Item(None, 0, None, "untokenisable")], deadline())
-    with pytest.raises(BatchFailed):
+    blocker = await busy(batcher, fake)
+    good = batcher.submit([Item(None, 0, None, "fine text")], deadline())
+    broken = batcher.submit([Item(None, 0, None, "a"), Item(None, 0, None, "untokenisable")], deadline())
+    tokenised = batcher.submit(items("c d e"), deadline())
+    fake.gate.set()
+    assert await blocker.future == ["out:blocker"]
+    assert await asyncio.wait_for(good.future, 30) == ["out:fine text"]
+    assert await asyncio.wait_for(tokenised.future, 30) == ["out:c d e"]
+    with pytest.raises(BatchFailed, match="a tokenizer failure"):
         await asyncio.wait_for(broken.future, 30)
     assert await asyncio.wait_for(batcher.submit(items("after"), deadline()).future, 30) == ["out:after"]
     await batcher.close()
+    ran = [data for batch in fake.batches for data, _ in batch]
+    assert "untokenisable" not in ran and "a" not in ran  # nothing of the failed request ran
 
 
 async def test_the_queue_gauge_is_exact_after_each_round_and_at_most_10_ms_behind_between(fake: FakePipeline) -> None:
