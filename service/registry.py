@@ -292,7 +292,7 @@ class ModelRegistry(ServedModels):
         """
         variant = pipeline.variant
         instances = [pipeline]
-        for _ in range(self.settings.model_instances - 1):
+        for _ in range(self.settings.instances_for(cuda) - 1):
             instances.append(await asyncio.to_thread(type(pipeline), pipeline.card, pipeline.folder, self.runtime))
         # The cost model export measured on the served variant (fp32: the card's), until warm-up measures it here.
         card_cost = CostModel.from_card(variant.serving if variant.precision != "fp32" else pipeline.card.serving)

@@ -35,6 +35,10 @@ CONFIG_FILE_ENV = "LSTM_SERVE_CONFIG_FILE"
 #: ``serving`` block and the operator's own settings still win over these.
 CUDA_BATCHING = {"max_batch_size": 1024, "max_batch_tokens": 131072, "max_padding_ratio": 1.0, "max_queue_items": 16384}
 
+#: Model instances on a GPU when ``model_instances`` is 0 (auto): two copies' rounds overlap each other's
+#: host-side gaps (``Settings.instances_for``).
+CUDA_MODEL_INSTANCES = 2
+
 
 class BatchingSettings(BaseModel):
     """The batching knobs of one model version (global settings, then ``model.json`` ``serving``)."""
@@ -66,11 +70,11 @@ class Settings(BaseSettings):
         default_factory=lambda: [0], description="GPUs to serve on, JSON: [0, 1]; one inference process each"
     )
     model_instances: int = Field(
-        1,
-        ge=1,
+        0,
+        ge=0,
         le=16,
         description="copies of each round-batched model per inference process, each with its own sessions and "
-        "thread, so rounds run at the same time (Triton's instance count)",
+        "thread, so rounds run at the same time (Triton's instance count). 0 = auto: 2 on CUDA, 1 on CPU",
     )
     cuda_mem_limit_mb: int = Field(
         0,
@@ -210,6 +214,17 @@ class Settings(BaseSettings):
             cuda_mem_limit_mb=self.cuda_mem_limit_mb,
             precision=self.precision,
         )
+
+    def instances_for(self, cuda: bool) -> int:
+        """Copies of a round-batched model: the setting, else 2 on CUDA and 1 on CPU.
+
+        Why 2 on CUDA: on the H100 (stop 17, three interleaved repeats) 2 copies gave 1.31× the texts/s of
+        64-text requests and 1.08× for single texts at c=256; a third added 4-5%, less than the spread
+        between repeats, for another copy of the sessions in GPU memory. On a CPU a copy costs a core.
+        """
+        if self.model_instances:
+            return self.model_instances
+        return CUDA_MODEL_INSTANCES if cuda else 1
 
     def decode_threads(self) -> int:
         """Intra-op threads of step-level decoding's sessions: the setting, else two where two CPUs are."""

@@ -84,6 +84,17 @@ def test_on_cuda_the_batching_defaults_are_the_gpu_ones_unless_set(monkeypatch: 
     assert Settings().batching_for({}, cuda=True).max_queue_items == 16384  # the knobs left unset stay GPU ones
 
 
+def test_model_instances_auto_is_two_on_cuda_one_on_cpu_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    """0 (the default) resolves by provider: overlapping rounds pay on a GPU, and cost a core on a CPU."""
+    monkeypatch.delenv("LSTM_SERVE_MODEL_INSTANCES", raising=False)
+    assert Settings().model_instances == 0
+    assert (Settings().instances_for(cuda=True), Settings().instances_for(cuda=False)) == (2, 1)
+    monkeypatch.setenv("LSTM_SERVE_MODEL_INSTANCES", "3")
+    assert (Settings().instances_for(cuda=True), Settings().instances_for(cuda=False)) == (3, 3)
+    with pytest.raises(ValueError):
+        Settings(model_instances=-1)
+
+
 def test_yaml_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "serve.yaml"
     config.write_text("max_batch_size: 8\nrequest_timeout_s: 2.5\n")
