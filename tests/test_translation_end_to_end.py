@@ -13,6 +13,8 @@ import pytest
 from tokenizers import Tokenizer
 
 from export.fp16_storage import round_to_fp16
+from export.recover import main as recover_main
+from export.recover import recover_model, recover_run
 from export.translation import main as export_main
 from lstm_core.encoding import encode_source
 from lstm_core.model_card import ModelCard
@@ -23,8 +25,6 @@ from lstm_core.translation_search import beam_search, greedy_search
 from models.translation.data import load_pairs
 from models.translation.decode import search_ids
 from models.translation.distill import distill
-from models.translation.recover import main as recover_main
-from models.translation.recover import recover_model, recover_run
 from models.translation.train import SRC_TOKENIZER, load_checkpoint, read_targets
 from models.translation.train import main as train_main
 
@@ -120,7 +120,7 @@ def test_a_student_trains_on_its_teachers_translations(tiny_run: Path, exported:
 
 
 def test_a_run_is_recovered_from_its_exported_graphs(tiny_run: Path, exported: Path, tmp_path: Path) -> None:
-    """``models.translation.recover``: the exported weights, back as a run that trains further.
+    """``export.recover``: the exported weights, back as a run that trains further.
 
     LSTM runs come back as the served model: every parameter equal to the exported (fp16-rounded) one.
     GRU and RNN graphs are refused by name rather than recovered wrongly.

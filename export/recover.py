@@ -1,6 +1,6 @@
 """Recover a training run from an exported translation version: ``best.pt`` rebuilt from its ONNX graphs.
 
-    python -m models.translation.recover model_repository/translation/1 --out runs/translation-mid-kd2
+    python -m export.recover model_repository/translation/1 --out runs/translation-mid-kd2
 
 Why: run folders live in ``runs/``, outside git, and go when a machine does; the shipped version is the one
 durable copy of a trained model. Training it further (``lstm-serve train translation --init-from``, for
@@ -27,13 +27,13 @@ import torch
 from onnx import numpy_helper
 from tokenizers import Tokenizer
 
+from export.translation import check_parity
 from lstm_core.encoding import encode_source
 from lstm_core.graphs import DECODER_FILE, ENCODER_FILE
 from lstm_core.translation_runtime import Seq2SeqRuntime
-
-from .data import load_pairs
-from .model import ModelConfig, Seq2Seq
-from .train import CHECKPOINT, SRC_TOKENIZER, TGT_TOKENIZER
+from models.translation.data import load_pairs
+from models.translation.model import ModelConfig, Seq2Seq
+from models.translation.train import CHECKPOINT, SRC_TOKENIZER, TGT_TOKENIZER
 
 FP16_SUFFIX = "__fp16"  # export.fp16_storage's initializer names
 EXPORT_PREFIX = "model."  # export wraps the Seq2Seq as ``model`` in its graph modules
@@ -131,8 +131,6 @@ def recover_model(version_dir: Path) -> tuple[Seq2Seq, dict]:
 
 def recover_run(version_dir: Path, out: Path, parity_sentences: int = 64) -> dict:
     """Write ``out``/best.pt and the tokenizers, after checking the model against the version's graphs."""
-    from export.translation import check_parity  # export imports torch-side modules; only needed here
-
     model, card = recover_model(version_dir)
     training = card["training"]
     runtime = Seq2SeqRuntime.from_folder(version_dir)
@@ -158,7 +156,7 @@ def recover_run(version_dir: Path, out: Path, parity_sentences: int = 64) -> dic
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m models.translation.recover", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m export.recover", description=__doc__.splitlines()[0])
     p.add_argument("version", type=Path, help="an exported translation version folder (model.json, encoder.onnx, ...)")
     p.add_argument("--out", type=Path, required=True, help="run folder to write best.pt and the tokenizers into")
     p.add_argument("--parity-sentences", type=int, default=64)
