@@ -43,9 +43,10 @@ lint: $(VENV)/.installed
 
 # Reproduce the shipped models from the repo's own data (CPU; see docs/ for times): sentiment about
 # 35 min on 1 thread (five teacher runs of the default recipe, then the student distilled from them;
-# identical weights), translation about 5 h on 1 thread (a 12.7M-parameter teacher, its translations
-# of the training set, and the shipped 8.7M-parameter student trained on them; the α values were
-# chosen on val, see docs/translation.md). Every train command resumes from its run folder's last.pt
+# identical weights), translation about 12 h on 1 thread (a 12.7M-parameter teacher, its translations
+# of the training set, an 8.7M-parameter student trained on them, a second teacher, the two teachers'
+# translations, and the shipped student: the first one trained 7 more epochs on those; the α values
+# were chosen on val, see docs/translation.md). Every train command resumes from its run folder's last.pt
 # when re-run, so an interrupted `make models` continues where it stopped.
 # Translation: a first sitting, then warm restarts from its best checkpoint (docs/translation.md).
 TRANSLATION_FIRST = --enc-layers 2 --dropout 0.3 --word-dropout 0.1 --batch-tokens 1500 --lr 1e-3 --epochs 40 \
@@ -78,22 +79,30 @@ models: $(VENV)/.installed
 		--train-targets runs/kd/train-big-ft.de.gz $(TRANSLATION_RESTART)
 	$(BIN)/lstm-serve train translation --out runs/translation-mid-kd2 --init-from runs/translation-mid-kd --seed 16 \
 		--train-targets runs/kd/train-big-ft.de.gz $(TRANSLATION_RESTART) --lr 2e-4 --epochs 6
-	$(BIN)/lstm-serve export translation runs/translation-mid-kd2 --version 1 --overwrite --alpha 2.0 --beam-size 4 \
+	$(BIN)/lstm-serve train translation --out runs/translation-big-s2 --seed 15 $(TEACHER)
+	$(BIN)/lstm-serve train translation --out runs/translation-big-s2-ft --init-from runs/translation-big-s2 --seed 16 \
+		$(TRANSLATION_RESTART) --epochs 3
+	$(BIN)/python -m models.translation.ensemble runs/translation-big-ft runs/translation-big-s2-ft \
+		--distill runs/kd/train-ensemble.de.gz --beam-size 4 --alpha 1.0 --threads 2
+	$(BIN)/lstm-serve train translation --out runs/translation-mid-ens --init-from runs/translation-mid-kd2 --seed 17 \
+		--train-targets runs/kd/train-ensemble.de.gz $(TRANSLATION_RESTART) --epochs 7
+	$(BIN)/lstm-serve export translation runs/translation-mid-ens --version 1 --overwrite --alpha 2.0 --beam-size 4 \
 		--precisions int8
 
-# Issue 12's next step (docs/translation.md, "An ensemble of teachers"): two teachers of the big recipe,
-# each then fine-tuned, on one core each (hours: they span sessions), then the ensemble's val BLEU.
+# The two teachers of `make models`' ensemble (docs/translation.md, "An ensemble of teachers"), each then
+# fine-tuned (the second for 3 epochs: the checkpoint the ensemble used), on one core each (hours: they
+# span sessions), then the ensemble's val BLEU.
 # Re-run it after an interruption: train commands resume from last.pt, and a finished step (its
 # report.json written) is skipped.
 TEACHER = --enc-hidden 320 --emb 320 --dec-hidden 640 $(TRANSLATION_FIRST)
 teacher_line = { test -f runs/$(1)/report.json || $(BIN)/lstm-serve train translation --out runs/$(1) --seed $(2) \
 	$(TEACHER); } && { test -f runs/$(1)-ft/report.json || $(BIN)/lstm-serve train translation --out runs/$(1)-ft \
-	--init-from runs/$(1) --seed $(3) $(TRANSLATION_RESTART); }
+	--init-from runs/$(1) --seed $(3) $(TRANSLATION_RESTART) $(4); }
 
 teachers: $(VENV)/.installed
 	mkdir -p runs
 	( $(call teacher_line,translation-big,13,14) ) >> runs/translation-big.log 2>&1 & \
-	( $(call teacher_line,translation-big-s2,15,16) ) >> runs/translation-big-s2.log 2>&1 & \
+	( $(call teacher_line,translation-big-s2,15,16,--epochs 3) ) >> runs/translation-big-s2.log 2>&1 & \
 	wait
 	$(BIN)/python -m models.translation.ensemble runs/translation-big-ft runs/translation-big-s2-ft --bleu val \
 		--alpha 1.0 | tee runs/ensemble-val.txt
