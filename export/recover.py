@@ -33,7 +33,7 @@ from lstm_core.graphs import DECODER_FILE, ENCODER_FILE
 from lstm_core.translation_runtime import Seq2SeqRuntime
 from models.translation.data import load_pairs
 from models.translation.model import ModelConfig, Seq2Seq
-from models.translation.train import CHECKPOINT, SRC_TOKENIZER, TGT_TOKENIZER
+from models.translation.train import CHECKPOINT, SRC_TOKENIZER, TGT_TOKENIZER, save_best
 
 FP16_SUFFIX = "__fp16"  # export.fp16_storage's initializer names
 EXPORT_PREFIX = "model."  # export wraps the Seq2Seq as ``model`` in its graph modules
@@ -138,18 +138,9 @@ def recover_run(version_dir: Path, out: Path, parity_sentences: int = 64) -> dic
     sources, _ = load_pairs("test_2016_flickr", parity_sentences)
     parity = check_parity(model, runtime, encode_source(src_tok, sources, 256), 4)
     out.mkdir(parents=True, exist_ok=True)
-    args = dict(training.get("args", {})) | {"recovered_from": str(version_dir)}
-    torch.save(
-        {
-            "config": training["config"],
-            "state_dict": model.state_dict(),
-            "epoch": training.get("best_epoch", 0),
-            "val_bleu": float(card.get("metrics", {}).get("val_bleu_greedy_torch") or 0.0),
-            "averaged_epochs": 1,
-            "args": args,
-        },
-        out / CHECKPOINT,
-    )
+    args = argparse.Namespace(**training.get("args", {}), recovered_from=str(version_dir))
+    val_bleu = float(card.get("metrics", {}).get("val_bleu_greedy_torch") or 0.0)
+    save_best(out, model.cfg, model.state_dict(), training.get("best_epoch", 0), val_bleu, args)
     for name in (SRC_TOKENIZER, TGT_TOKENIZER):
         shutil.copy(version_dir / name, out / name)
     return parity
